@@ -1,0 +1,122 @@
+"""Per-connection decision pipelines and what they share.
+
+:class:`ReferenceEngine` is the plain-Python statement of what one chunk of one
+direction produces: frame with :mod:`proxy._framing`, decode with
+:mod:`proxy._decode`, decide with :func:`proxy._policy.decide`.  The proxy runs the
+compiled :class:`proxy._fastmatch.Engine`, which must produce identical batches; the
+differential tests feed both the same streams.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+from ._decode import Malformed, decode, detect_format
+from ._framing import make_framer
+from ._policy import Policy, decide
+from ._types import LogRecord
+
+
+class Sequencer:
+    """Numbers shared by every engine that writes to one log.
+
+    ``seq`` is the last sequence number handed out (the log continues it across
+    restarts); ``decisions`` counts this process's decisions and, prefixed with a random
+    ``run_id`` drawn at start, makes decision ids unique across restarts.
+    """
+
+    def __init__(self, seq: int = 0, run_id: str | None = None) -> None:
+        self.seq = seq
+        self.decisions = 0
+        self.run_id = run_id or secrets.token_hex(6)
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-22T15:04:05.123456Z``."""
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Batch:
+    __slots__ = ("records", "forward", "denials")
+
+    def __init__(
+        self, records: list[LogRecord], forward: bytes, denials: list[tuple[LogRecord, bytes]]
+    ) -> None:
+        self.records = records
+        self.forward = forward
+        self.denials = denials
+
+
+class ReferenceEngine:
+    """One direction of one connection, in plain Python."""
+
+    def __init__(
+        self,
+        direction: str,
+        conn: int,
+        peer: str | None,
+        framing: str,
+        max_frame: int,
+        terminator: bytes,
+        sequencer: Sequencer,
+    ) -> None:
+        self.direction = direction
+        self.conn = conn
+        self.peer = peer
+        self.framer = make_framer(framing, max_frame, terminator)
+        self.sequencer = sequencer
+
+    @property
+    def pending(self) -> int:
+        return self.framer.pending
+
+    def _record(self, ts: str, policy: Policy, **fields: object) -> LogRecord:
+        s = self.sequencer
+        s.seq += 1
+        s.decisions += 1
+        base: dict[str, object] = dict(
+            ts=ts, id=f"{s.run_id}-{s.decisions:x}", seq=s.seq, conn=self.conn,
+            peer=self.peer, dir=self.direction, fmt=None, mke=None, ori=None, dst=None,
+            ctl=None, pur=None, rsn=None, atn=None, imq=None, agency=None, groups=(),
+            shadow=None, mode=policy.mode, rev=policy.rev,
+        )  # fmt: skip
+        base.update(fields)
+        return LogRecord(**base)  # type: ignore[arg-type]
+
+    def feed(self, data: bytes, policy: Policy, ts: str) -> Batch:
+        records: list[LogRecord] = []
+        forward: list[bytes] = []
+        denials: list[tuple[LogRecord, bytes]] = []
+        monitor = policy.mode == "monitor"
+        for event in self.framer.feed(data):
+            if event[0] == "oversize":
+                records.append(
+                    self._record(ts, policy, action="reject", rule="oversize",
+                                 forwarded=False, bytes=event[1])  # fmt: skip
+                )
+                continue
+            _, payload, raw = event
+            try:
+                msg = decode(payload, policy.xml)
+            except Malformed:
+                records.append(
+                    self._record(ts, policy, fmt=detect_format(payload), action="reject",
+                                 rule="malformed", forwarded=False, bytes=len(payload))  # fmt: skip
+                )
+                continue
+            v = decide(policy, msg, self.direction)
+            forwarded = v.action == "allow" or monitor
+            rec = self._record(
+                ts, policy, fmt=msg.fmt, mke=msg.mke, ori=msg.ori, dst=msg.dst, ctl=msg.ctl,
+                pur=msg.pur, rsn=msg.rsn, atn=msg.atn, imq=msg.imq, agency=v.agency,
+                groups=v.groups, action=v.action, rule=v.rule, shadow=v.shadow,
+                forwarded=forwarded, bytes=len(payload),
+            )  # fmt: skip
+            records.append(rec)
+            if forwarded:
+                forward.append(raw)
+            elif self.direction == "in" and policy.deny_reply:
+                denials.append((rec, payload))
+        return Batch(records, b"".join(forward), denials)

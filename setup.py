@@ -1,0 +1,30 @@
+"""Builds the compiled hot path, proxy/_fastmatch.pyx, with Cython.
+
+Everything else about the distribution lives in pyproject.toml.  The extension is
+not optional: stategate refuses to run without it rather than fall back to a slow
+path silently.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "proxy._fastmatch",
+        ["proxy/_fastmatch.pyx"],
+        extra_compile_args=["-O3"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+)
