@@ -503,7 +503,7 @@ cdef class Engine:
                     msg = decode_json(payload)
                 else:
                     raise Malformed("empty message")
-            except Malformed:
+            except Exception:  # fail closed: an undecodable message is rejected
                 records.append(LogRecord(ts, f"{run}-{n:x}", seq, self.conn, self.peer,
                                          direction, fmt, None, None, None, None, None, None,
                                          None, None, None, (), "reject", "malformed", None,

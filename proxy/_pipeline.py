@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
-from ._decode import Malformed, decode, detect_format
+from ._decode import decode, detect_format
 from ._framing import make_framer
 from ._policy import Policy, decide
 from ._types import LogRecord
@@ -100,7 +100,7 @@ class ReferenceEngine:
             _, payload, raw = event
             try:
                 msg = decode(payload, policy.xml)
-            except Malformed:
+            except Exception:  # fail closed: an undecodable message is rejected
                 records.append(
                     self._record(ts, policy, fmt=detect_format(payload), action="reject",
                                  rule="malformed", forwarded=False, bytes=len(payload))  # fmt: skip

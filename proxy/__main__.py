@@ -1,0 +1,5 @@
+"""``python -m proxy`` is ``stategate``."""
+
+from ._cli import main
+
+raise SystemExit(main())

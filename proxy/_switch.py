@@ -1,0 +1,75 @@
+"""A simulated state switch for the demo and the tests.
+
+It listens on loopback, frames what arrives, and answers each query it knows (DQ, RQ,
+KQ, IQ ...) with a synthetic response in the query's format, addressed back to the
+originator.  It records every payload it received, byte for byte, so tests can check
+exactly what the proxy let through.
+"""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from ._decode import Malformed, decode
+from ._framing import frame, make_framer
+from ._traffic import response_for
+
+
+class SimulatedSwitch:
+    def __init__(
+        self,
+        framing: str = "len32",
+        terminator: bytes = b"\r\n\x7f",
+        state_ori: str = "CA0000000",
+        seed: int = 0,
+        answer: bool = True,
+    ) -> None:
+        self.framing = framing
+        self.terminator = terminator
+        self.state_ori = state_ori
+        self.answer = answer
+        self.rng = random.Random(seed)
+        self.received: list[bytes] = []  # raw frames, in arrival order
+        self.raw_bytes = bytearray()  # everything received, unframed
+        self.responses_sent = 0
+        self.connections = 0
+        self.port = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        framer = make_framer(self.framing, 1 << 24, self.terminator)
+        async with stream:
+            try:
+                while data := await stream.receive_some(65536):
+                    self.raw_bytes += data
+                    out = []
+                    for event in framer.feed(data):
+                        if event[0] != "frame":
+                            continue
+                        self.received.append(event[2])
+                        reply = self._respond(event[1])
+                        if reply is not None:
+                            out.append(frame(reply, self.framing, self.terminator))
+                    if out:
+                        self.responses_sent += len(out)
+                        await stream.send_all(b"".join(out))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _respond(self, payload: bytes) -> bytes | None:
+        if not self.answer:
+            return None
+        try:
+            msg = decode(payload)
+        except Malformed:
+            return None
+        return response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, self.state_ori, self.rng)
