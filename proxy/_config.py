@@ -109,10 +109,6 @@ class GroupConfig(msgspec.Struct, forbid_unknown_fields=True):
     ori: list[str]
     description: str = ""
 
-    def __post_init__(self) -> None:
-        for entry in self.ori:
-            check_ori_entry("ori", entry)
-
 
 class RuleConfig(msgspec.Struct, forbid_unknown_fields=True):
     id: str
@@ -164,20 +160,25 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     rules: list[RuleConfig] = []
 
     def __post_init__(self) -> None:
-        for name in self.groups:
+        # Checked here rather than in GroupConfig so the error can name the group:
+        # msgspec reports a dict value's path as `groups[...]`.
+        for name, group in self.groups.items():
             if not _NAME.fullmatch(name):
                 raise ValueError(f"group name {name!r} must be letters, digits, '-' or '_'")
+            for entry in group.ori:
+                check_ori_entry(f"groups.{name}.ori", entry)
         for name, keys in self.categories.items():
             if not _NAME.fullmatch(name):
                 raise ValueError(f"category name {name!r} must be letters, digits, '-' or '_'")
             for key in keys:
                 if not _MKE.fullmatch(key):
-                    raise ValueError(f"bad message key {key!r} in category `{name}`")
+                    raise ValueError(f"bad message key {key!r} in `categories.{name}`")
 
 
 def _where(message: str) -> str:
     """msgspec says ``... - at `$.rules[0]```; say ``rules[0]`` instead."""
-    return re.sub(r"`\$\.?([^`]*)`", lambda m: f"`{m.group(1) or '(top level)'}`", message)
+    message = message.removesuffix(" - at `$`")
+    return re.sub(r"`\$\.?([^`]*)`", lambda m: f"`{m.group(1)}`", message)
 
 
 def parse_config(text: str | bytes, source: str = "<config>") -> Config:

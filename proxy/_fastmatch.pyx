@@ -131,7 +131,7 @@ cdef class Matcher:
             value = 0
             for i in range(64):
                 if w * 64 + i < len(bits) and bits[w * 64 + i]:
-                    value |= 1 << i
+                    value |= (<object> 1) << i
             words.append(value.to_bytes(8, sys.byteorder))
         return b"".join(words)
 

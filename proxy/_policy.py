@@ -84,21 +84,21 @@ def compile_policy(config: Config, source: str = "<config>") -> Policy:
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for i, r in enumerate(config.rules):
-        where = f"{source}: `rules[{i}]`"
+        where = f"{source}: `rules[{i}]"
         if r.id in seen:
-            raise ConfigError(f"{where}: duplicate rule id {r.id!r} (also rules[{seen[r.id]}])")
+            raise ConfigError(f"{where}.id`: duplicate rule id {r.id!r} (also rules[{seen[r.id]}])")
         seen[r.id] = i
         for key in ("agency", "dst"):
             for entry in getattr(r, key) or ():
                 if entry.startswith("@") and entry[1:] not in group_names:
-                    raise ConfigError(f"{where}.{key}: undefined group {entry!r}")
+                    raise ConfigError(f"{where}.{key}`: undefined group {entry!r}")
         mke: tuple[str, ...] | None = None
         if r.mke is not None:
             keys: set[str] = set()
             for entry in r.mke:
                 if entry.startswith("@"):
                     if entry[1:] not in categories:
-                        raise ConfigError(f"{where}.mke: undefined category {entry!r}")
+                        raise ConfigError(f"{where}.mke`: undefined category {entry!r}")
                     keys.update(categories[entry[1:]])
                 else:
                     keys.add(entry)
