@@ -1,0 +1,153 @@
+"""Speed never changes an answer: the compiled matcher and engine against their
+plain-Python twins on large random inputs."""
+
+from __future__ import annotations
+
+import random
+
+from proxy._config import parse_config
+from proxy._fastmatch import Engine, Matcher
+from proxy._pipeline import ReferenceEngine, Sequencer
+from proxy._policy import compile_policy, decide
+from proxy._traffic import TrafficGenerator
+from proxy._types import Message
+
+ORIS = ["VTICE0900", "TXICE0300", "DCHSI0000", "AZ0000000", "AZ0070000", "CA0000000",
+        "NV0130000", "DCFBI0000", "ORICE0001", "WA1234567"]  # fmt: skip
+CODES2 = ["CA", "AZ", "NV", "OR", "NL", "TX"]
+KEYS = ["DQ", "RQ", "KQ", "IQ", "FQ", "AM", "DR", "RR", "IR", "IAQ", "BQ", "ZZZ"]
+PATTERNS = ["??ICE????", "DC*", "AZ00?0000", "*", "CA*", "N?", "??HSI????", "WA*"]
+TOTAL_DECISIONS = 1_000_000
+
+
+def _pick(rng: random.Random, pool: list[str], lo: int = 1, hi: int = 3) -> list[str]:
+    return rng.sample(pool, rng.randint(lo, min(hi, len(pool))))
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def random_policy_text(rng: random.Random) -> str:
+    lines = ['[policy]', 'state = "CA"', 'local_ori = "CA0000000"',
+             f'default = "{rng.choice(["allow", "deny"])}"',
+             f'mode = "{rng.choice(["enforce", "monitor"])}"']  # fmt: skip
+    groups = [f"g{i}" for i in range(rng.randint(0, 4))]
+    for g in groups:
+        lines += [f"[groups.{g}]", f"ori = {_toml_list(_pick(rng, ORIS + PATTERNS + CODES2, 1, 4))}"]
+    cats = ["dmv", "chri", "admin", "immigration"]
+    if rng.random() < 0.5:
+        lines += ["[categories]", f"boats = {_toml_list(['BQ', 'BR'])}"]
+        cats.append("boats")
+    for i in range(rng.randint(0, 80)):
+        lines += ["[[rules]]", f'id = "r{i}"', f'action = "{rng.choice(["allow", "deny"])}"',
+                  f'direction = "{rng.choice(["in", "out", "any"])}"']  # fmt: skip
+        if rng.random() < 0.4:
+            lines.append(f"agency = {_toml_list(_pick(rng, ORIS + PATTERNS + ['@' + g for g in groups]))}")
+        if rng.random() < 0.4:
+            lines.append(f"mke = {_toml_list(_pick(rng, KEYS + ['@' + c for c in cats]))}")
+        if rng.random() < 0.2:
+            lines.append(f"photo = {rng.choice(['true', 'false'])}")
+        if rng.random() < 0.25:
+            lines.append(f"purpose = {_toml_list(_pick(rng, ['none', 'C', 'F', 'E']))}")
+        if rng.random() < 0.25:
+            lines.append(f"reason = {_toml_list(_pick(rng, ['none', 'I', 'N', 'V']))}")
+        if rng.random() < 0.2:
+            lines.append(f'attention = "{rng.choice(["missing", "present"])}"')
+        if rng.random() < 0.2:
+            lines.append(f"dst = {_toml_list(_pick(rng, CODES2 + ORIS[:4] + ['N*'] + ['@' + g for g in groups]))}")
+        if rng.random() < 0.15:
+            lines.append("shadow = true")
+    return "\n".join(lines) + "\n"
+
+
+def random_message(rng: random.Random) -> Message:
+    return Message(
+        fmt="text",
+        mke=rng.choice(KEYS),
+        ori=rng.choice(ORIS),
+        dst=tuple(rng.choice(CODES2 + ORIS) for _ in range(rng.randint(1, 5))),
+        ctl=None,
+        pur=rng.choice([None, None, "C", "F", "E", "J"]),
+        rsn=rng.choice([None, "I", "N", "V", "T"]),
+        atn=rng.choice([None, "SA DOE"]),
+        imq=rng.random() < 0.3,
+    )
+
+
+def test_compiled_matcher_agrees_with_the_twin_on_a_million_random_messages():
+    rng = random.Random(20261122)
+    policies = 50
+    per_policy = TOTAL_DECISIONS // policies
+    messages = [random_message(rng) for _ in range(per_policy)]
+    checked = 0
+    outcomes = set()
+    for _ in range(policies):
+        policy = compile_policy(parse_config(random_policy_text(rng)))
+        matcher = Matcher(policy)
+        for m in messages:
+            direction = "in" if rng.random() < 0.6 else "out"
+            twin = decide(policy, m, direction)
+            got = matcher.decide(m, direction)
+            expected = (twin.action, twin.rule, twin.shadow, twin.agency, twin.groups)
+            assert got == expected, (m, direction, policy)
+            outcomes.add((twin.action, twin.rule == "default", twin.shadow is None))
+            checked += 1
+    assert checked >= TOTAL_DECISIONS
+    # The random policies really exercise the paths: both actions, rule and default,
+    # with and without a shadow.
+    assert len(outcomes) == 8
+
+
+def _mutate(rng: random.Random, payload: bytes) -> bytes:
+    b = bytearray(payload)
+    for _ in range(rng.randint(1, 3)):
+        if not b:
+            break
+        op = rng.randrange(3)
+        i = rng.randrange(len(b))
+        if op == 0:
+            b[i] = rng.randrange(256)
+        elif op == 1:
+            del b[i]
+        else:
+            b.insert(i, rng.choice(b".\n/*<>{}\"TXQ"))
+    return bytes(b)
+
+
+def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
+    """Framing, decoding and deciding together, over random chunkings, including
+    mutated and oversize frames."""
+    rng = random.Random(7)
+    for trial in range(40):
+        policy = compile_policy(parse_config(random_policy_text(rng)))
+        matcher = Matcher(policy)
+        framing = rng.choice(["len32", "delimited"])
+        term = b"\r\n\x7f"
+        max_frame = rng.choice([200, 600, 1 << 20])
+        gen = TrafficGenerator(trial, dhs_share=0.2, malformed_share=0.05)
+        payloads = []
+        for g in gen.queries(800):
+            p = g.payload
+            if rng.random() < 0.1:
+                p = _mutate(rng, p)
+            if framing == "delimited":
+                p = p.replace(term, b"")
+            payloads.append(p)
+        from proxy._framing import frame
+
+        stream = b"".join(frame(p, framing, term) for p in payloads)
+        direction = rng.choice(["in", "out"])
+        fast = Engine(direction, 3, "127.0.0.1:9", framing, max_frame, term, Sequencer(0, "t"))
+        ref = ReferenceEngine(direction, 3, "127.0.0.1:9", framing, max_frame, term, Sequencer(0, "t"))
+        pos = 0
+        while pos < len(stream):
+            n = rng.choice([1, 7, 100, 1000, 5000, 70000])
+            chunk = stream[pos : pos + n]
+            pos += n
+            a = fast.feed(chunk, matcher, "T")
+            b = ref.feed(chunk, policy, "T")
+            assert a.records == b.records
+            assert a.forward == b.forward
+            assert a.denials == b.denials
+        assert fast.pending == ref.pending == 0
