@@ -21,7 +21,7 @@ from ._decode import Malformed, decode
 from ._fastmatch import Matcher
 from ._framing import frame, make_framer
 from ._log import DecisionLog
-from ._policy import compile_policy
+from ._policy import BUILTIN_CATEGORIES, compile_policy
 from ._server import Proxy
 from ._switch import SimulatedSwitch
 from ._traffic import TrafficGenerator
@@ -78,6 +78,7 @@ def summarize(log_path: Path) -> dict[str, Counter]:
     by_key: Counter = Counter()
     rules: Counter = Counter()
     shadows: Counter = Counter()
+    dmv_forwarded_out: Counter = Counter()  # by group: DMV responses that left the state
     decoder = msgspec.json.Decoder()
     with open(log_path, "rb") as f:
         for line in f:
@@ -90,10 +91,13 @@ def summarize(log_path: Path) -> dict[str, Counter]:
                 by_key[(rec["mke"] or "-", rec["action"])] += 1
             else:
                 out_by_group[(group, rec["action"])] += 1
+                if rec["forwarded"] and rec["mke"] in BUILTIN_CATEGORIES["dmv"]:
+                    dmv_forwarded_out[group] += 1
             rules[rec["rule"]] += 1
             if rec["shadow"]:
                 shadows[rec["shadow"]] += 1
-    return {"in": by_group, "out": out_by_group, "key": by_key, "rule": rules, "shadow": shadows}
+    return {"in": by_group, "out": out_by_group, "key": by_key, "rule": rules, "shadow": shadows,
+            "dmv_out": dmv_forwarded_out}  # fmt: skip
 
 
 def _table(title: str, counts: Counter, rows: list[str], label: str) -> list[str]:
@@ -112,6 +116,13 @@ def print_summary(counts: dict[str, Counter], log_path: Path, client_stats: dict
     p("")
     p(f"stategate demo: {client_stats['sent']} synthetic queries on "
       f"{client_stats['connections']} connections in {seconds:.1f}s")  # fmt: skip
+    dhs_in = sum(n for (g, _), n in counts["in"].items() if "dhs_immigration" in g.split(","))
+    dhs_denied = counts["in"][("dhs_immigration", "deny")]
+    dhs_out = counts["out"][("dhs_immigration", "allow")]
+    if dhs_in:
+        p(f"DHS immigration agencies asked {dhs_in} times; {dhs_denied} denied with an ER; "
+          f"{dhs_out} responses left the state to them, {counts['dmv_out']['dhs_immigration']} "
+          "of them carrying DMV data.")
     p("")
     for line in _table("Queries arriving (in), by agency group:", counts["in"], groups, "group"):
         p(line)
@@ -133,7 +144,7 @@ def print_summary(counts: dict[str, Counter], log_path: Path, client_stats: dict
     p("")
     p(f"Decision log: {log_path}  ({sum(counts['rule'].values())} lines, no personal data)")
     p(f"Follow it live:   tail -f {log_path}")
-    p(f"Decide one message yourself:   stategate decide -c {EXAMPLE_POLICY} MSGFILE")
+    p(f"Decide one message yourself:   stategate decide -c {EXAMPLE_POLICY.resolve()} MSGFILE")
 
 
 def run_demo(*, messages: int, seed: int, framing: str, log_path: str, connections: int) -> int:
