@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from ._config import ConfigError, load_config
+from ._logfiles import LogFileError
+from ._query import BadLogLine
 
 
 class UserError(Exception):
@@ -113,6 +115,126 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _log_arg(args: argparse.Namespace) -> str:
+    if args.log:
+        return args.log
+    if getattr(args, "config", None):
+        return load_config(args.config).log.path
+    from ._query import DEFAULT_LOG
+
+    return DEFAULT_LOG
+
+
+def _filter(args: argparse.Namespace):
+    from ._query import make_filter
+
+    try:
+        return make_filter(action=args.action, agency=args.agency, group=args.group,
+                           mke=args.mke, rule=args.rule, direction=args.dir,
+                           since=args.since, until=args.until)  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from ._tail import Printer, run_tail
+
+    printer = Printer(_filter(args), as_json=args.json, seals=args.seals)
+    return run_tail(_log_arg(args), args.n, args.follow, printer)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._logfiles import expand
+    from ._query import records
+    from ._stats import DISCLOSURE_COLUMNS, count_by, disclosure, parse_by, render_csv, render_table
+
+    flt = _filter(args)
+    files = expand(args.logs or [_log_arg(args)])
+    selected = (r for r in records(files) if flt(r))
+    if args.by:
+        try:
+            fields = parse_by(args.by)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        counts = count_by(selected, fields)
+        rows = [list(k) + [n] for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+        header = fields + ["count"]
+        if args.json:
+            print(msgspec.json.encode([dict(zip(header, row)) for row in rows]).decode())
+            return 0
+    else:
+        reports = disclosure(selected)
+        if args.json:
+            print(msgspec.json.encode(reports).decode())
+            return 0
+        header = [title for _, title in DISCLOSURE_COLUMNS]
+        rows = [[getattr(rep, name) for name, _ in DISCLOSURE_COLUMNS] for rep in reports]
+        if not args.csv:
+            print("Disclosure report: queries arriving by agency group, and responses that left "
+                  "the state to them")  # fmt: skip
+            print(f"log: {', '.join(str(f) for f in files)}")
+            monitor = sum(rep.denied_but_forwarded for rep in reports)
+            if monitor:
+                print(f"note: {monitor} denied queries were forwarded anyway (monitor mode)")
+            print()
+    print(render_csv(header, rows) if args.csv else render_table(header, rows))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ._log import read_key
+    from ._logfiles import expand
+    from ._verify import verify
+
+    key = None
+    if args.key_file:
+        try:
+            key = read_key(args.key_file)
+        except OSError as exc:
+            raise UserError(str(exc)) from None
+    files = expand(args.logs or [_log_arg(args)])
+    result = verify(files, key)
+    where = f"{len(files)} file(s)"
+    if result.broken is not None:
+        b = result.broken
+        print(f"BROKEN at {b.file}:{b.line}: {b.reason}")
+        print(f"checked {result.lines} lines and {result.seals} good seals in {where} before it")
+        return 1
+    print(f"OK: {result.lines} lines, {result.seals} seals, chain intact across {where}")
+    if result.unsealed:
+        print(f"unsealed: {result.unsealed} line(s) after the last seal, from {result.unsealed_from} "
+              "(written after the last seal, e.g. by a proxy that was killed; not verifiable)")  # fmt: skip
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    fast = compiled_matcher()
+    import msgspec
+
+    from ._logfiles import expand
+    from ._query import records
+    from ._replay import replay
+    from ._stats import render_table
+
+    _, policy = _load(args.config)
+    files = expand(args.logs)
+    result = replay(records(files), fast.Matcher(policy))
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    print(f"replayed {result.lines} decisions from {len(files)} file(s) under policy rev "
+          f"{policy.rev[:12]} ({args.config}): {result.changed} would change")  # fmt: skip
+    print()
+    print(render_table(["before -> after", "count"],
+                       [[k, n] for k, n in sorted(result.actions.items(), key=lambda kv: -kv[1])]))  # fmt: skip
+    print()
+    rows = [[f"{t.before} -> {t.after}", t.old_rule, t.new_rule, t.count] for t in result.transitions]
+    print(render_table(["transition", "logged rule", "new rule", "count"], rows))
+    return 0
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -159,6 +281,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default="stategate-demo/decisions.jsonl", metavar="PATH",
                    help="decision log to write (replaced; default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_demo)
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--action", help="allow, deny or reject (comma list)")
+        p.add_argument("--agency", metavar="PAT", help="agency ORI pattern: '?' one character, trailing '*'")
+        p.add_argument("--group", metavar="G", help="agency group (comma list)")
+        p.add_argument("--mke", metavar="K", help="message key (comma list)")
+        p.add_argument("--rule", metavar="ID", help="deciding or shadow rule id (comma list)")
+        p.add_argument("--dir", choices=("in", "out"), help="direction")
+        p.add_argument("--since", metavar="T", help="from this time on: RFC 3339, a date, or an age (2h, 7d)")
+        p.add_argument("--until", metavar="T", help="before this time")
+
+    p = sub.add_parser("tail", help="show the last decisions, then follow",
+                       description="Show the last N decisions, then with -f follow the log across rotation.")  # fmt: skip
+    p.add_argument("log", nargs="?", metavar="LOG", help="log base path (default: from -c, else the standard path)")
+    p.add_argument("-c", "--config", metavar="FILE", help="take the log path from this config")
+    p.add_argument("-n", type=int, default=10, metavar="N", help="how many lines (default 10)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following new lines")
+    filters(p)
+    p.add_argument("--json", action="store_true", help="raw JSON lines (for jq)")
+    p.add_argument("--seals", action="store_true", help="show seal records too")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("stats", help="count decisions; with no --by, the disclosure report",
+                       description="Count decisions by any fields; with no --by, the disclosure report per agency group.")  # fmt: skip
+    p.add_argument("logs", nargs="*", metavar="LOG", help="log base paths or files")
+    p.add_argument("-c", "--config", metavar="FILE", help="take the log path from this config")
+    p.add_argument("--by", metavar="FIELDS", help="comma list of fields, e.g. group,mke,action; also hour, day, month, category")
+    filters(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_stats, log=None)
+
+    p = sub.add_parser("verify", help="check the log's seals",
+                       description="Check the seal chain; exit 1 naming the first break.")  # fmt: skip
+    p.add_argument("logs", nargs="*", metavar="LOG", help="log base paths or files")
+    p.add_argument("-c", "--config", metavar="FILE", help="take the log path from this config")
+    p.add_argument("--key-file", metavar="F", help="the HMAC key the log was sealed with")
+    p.set_defaults(func=cmd_verify, log=None)
+
+    p = sub.add_parser("replay", help="re-decide logged traffic under a policy",
+                       description="Re-decide logged traffic under the policy in FILE and count what would change.")  # fmt: skip
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="log base paths or files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
     return parser
 
 
@@ -166,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, UserError) as exc:
+    except (ConfigError, UserError, LogFileError, BadLogLine) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -77,7 +77,7 @@ class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True):
-    path: str = "decisions.jsonl"
+    path: str = "/var/log/stategate/decisions.jsonl"
     rotate_bytes: Positive = 256 * 1024 * 1024
     seal_every: Positive = 1000
     key_file: str = ""

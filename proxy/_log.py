@@ -1,21 +1,33 @@
-"""The decision log writer (SPEC section 6): JSON Lines, written before forwarding.
+"""The decision log writer (SPEC section 6): JSON Lines, sealed, rotated, written
+before forwarding.
 
-Every batch of records is encoded in one msgspec call and handed to the operating
-system in one ``write`` before any of its messages is forwarded.  A write that fails
-(disk full, I/O error) is undone to the last whole line and raised as
-:class:`LogUnavailable`, so the caller can fail closed: what is not logged is not
-forwarded.
+Each batch of records is encoded in one msgspec call, seals are placed between its
+lines where they fall due, and the whole is handed to the operating system in one
+``write`` before any of the batch's messages is forwarded.  A write that fails (disk
+full, I/O error) is undone to the last whole line, the seal chain is rolled back, and
+:class:`LogUnavailable` is raised so the caller can fail closed.
 
-Seals and rotation are added by their own issue; see the README.
+A seal is ``{"seal":N,"lines":K,"prev":"<hex>","h":"<hex>"}``: ``h`` is SHA-256 (or
+HMAC-SHA256 keyed with ``key_file``) of ``prev``'s 64 hex characters followed by the K
+lines since the previous seal, each with its newline.  Seals fall at most
+``seal_every`` lines apart, at least once a second while lines are written
+(:meth:`DecisionLog.tick`), before every rotation and reopen, and at close.  The chain
+runs on across rotated files and across restarts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
+from ._logfiles import SEAL_PREFIX, ZERO_HASH, max_rotation_number, rotated_files
 from ._types import LogRecord
 
 _TAIL = 1 << 16
@@ -25,9 +37,38 @@ class LogUnavailable(OSError):
     """The log cannot take a line right now; nothing of the batch was kept."""
 
 
+class Seal(msgspec.Struct):
+    seal: int
+    lines: int
+    prev: str
+    h: str
+
+
+_seal_decoder = msgspec.json.Decoder(Seal)
+
+
+def seal_line(n: int, lines: int, prev: str, h: str) -> bytes:
+    return b'{"seal":%d,"lines":%d,"prev":"%s","h":"%s"}\n' % (n, lines, prev.encode(), h.encode())
+
+
+def new_hasher(prev: str, key: bytes | None):
+    """The running hash of one sealed block, primed with the previous seal's hex."""
+    if key is None:
+        return hashlib.sha256(prev.encode("ascii"))
+    return hmac.new(key, prev.encode("ascii"), hashlib.sha256)
+
+
+def read_key(key_file: str | os.PathLike | None) -> bytes | None:
+    if not key_file:
+        return None
+    try:
+        return Path(key_file).read_bytes()
+    except OSError as exc:
+        raise OSError(exc.errno, f"key_file {key_file}: {exc.strerror}") from None
+
+
 def last_seq(path: str | Path) -> int:
-    """The highest ``seq`` among the last lines of an existing log, else 0, so that
-    numbering goes on across restarts."""
+    """The highest ``seq`` among the last lines of a log file, else 0."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -46,20 +87,152 @@ def last_seq(path: str | Path) -> int:
     return 0
 
 
-class DecisionLog:
-    """Appends records to ``path``; ``errors`` counts failed writes."""
+def _last_seal_in(path: Path) -> tuple[Seal | None, int]:
+    """The last seal of a file and the byte offset just after it (0 if none).
 
-    def __init__(self, path: str | Path) -> None:
+    Reads the file's tail first, and all of it only if the tail holds no seal."""
+    size = path.stat().st_size
+    window = 1 << 22
+    while True:
+        start = max(0, size - window)
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+        seal, offset = _last_seal_in_bytes(data)
+        if seal is not None:
+            return seal, start + offset
+        if start == 0:
+            return None, 0
+        window *= 4
+
+
+def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
+    end = len(data)
+    while True:
+        start = data.rfind(b"\n" + SEAL_PREFIX, 0, end)
+        at = start + 1 if start >= 0 else (0 if data.startswith(SEAL_PREFIX) else -1)
+        if at < 0:
+            return None, 0
+        nl = data.find(b"\n", at)
+        if nl < 0:  # a seal cut short by a crash: look further back
+            end = max(at - 1, 0)
+            if end == 0:
+                return None, 0
+            continue
+        try:
+            return _seal_decoder.decode(data[at:nl]), nl + 1
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            end = max(at - 1, 0)
+            if end == 0:
+                return None, 0
+
+
+class DecisionLog:
+    """Appends sealed records to ``path``; counts lines, seals, rotations and errors."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        rotate_bytes: int = 256 * 1024 * 1024,
+        seal_every: int = 1000,
+        key: bytes | None = None,
+        fsync: bool = True,
+        warn: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        self.rotate_bytes = rotate_bytes
+        self.seal_every = seal_every
+        self.key = key
+        self.fsync = fsync
+        self.warn = warn or (lambda m: print(f"stategate: {m}", file=sys.stderr, flush=True))
+        self.clock = clock
         self._encoder = msgspec.json.Encoder()
         self.errors = 0
         self.lines = 0
+        self.seals = 0
+        self.rotations = 0
+        self._fd = -1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+        self._resume()
 
-    def write(self, records: list[LogRecord]) -> None:
-        data = self._encoder.encode_lines(records)
+    # ----------------------------------------------------------- open / resume
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._size = os.fstat(self._fd).st_size
+
+    def _resume(self) -> None:
+        """Find the chain's end: the last seal, and any lines written after it by a
+        run that did not close cleanly.  Those are sealed now, so the chain goes on."""
+        self.seal_n = 0
+        self.prev = ZERO_HASH
+        self.last_seq = 0
+        # Only regular files hold a chain (a log pointed at a device, e.g. /dev/full in
+        # tests, has nothing to resume and must not be read).
+        files = [p for p in rotated_files(self.path) + [self.path] if p.is_file()]
+        if not files:
+            self.last_seq = 0
+            self._hasher = new_hasher(self.prev, self.key)
+            self._pending = 0
+            self._last_seal_time = self.clock()
+            return
+        seal, offset, where = None, 0, None
+        for p in reversed(files):
+            seal, offset = _last_seal_in(p)
+            if seal is not None:
+                where = p
+                break
+        if seal is not None:
+            self.seal_n, self.prev = seal.seal, seal.h
+        # Unsealed lines: everything after the last seal, in that file and later ones.
+        later = files[files.index(where) :] if where is not None else files
+        self._hasher = new_hasher(self.prev, self.key)
+        self._pending = 0
+        for i, p in enumerate(later):
+            with open(p, "rb") as f:
+                if i == 0 and where is not None:
+                    f.seek(offset)
+                data = f.read()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                self.warn(f"{p}: dropping a partial last line ({len(data) - cut} bytes) "
+                          "left by an earlier run")  # fmt: skip
+                if p == self.path:
+                    os.ftruncate(self._fd, self._size - (len(data) - cut))
+                    self._size -= len(data) - cut
+                data = data[:cut]
+            if data:
+                lines = [ln for ln in data.split(b"\n")[:-1] if not ln.startswith(SEAL_PREFIX)]
+                for ln in lines:
+                    self._hasher.update(ln + b"\n")
+                self._pending += len(lines)
+        self.last_seq = last_seq(self.path) or (last_seq(files[-2]) if len(files) > 1 else 0)
+        self._last_seal_time = self.clock()
+        if self._pending:
+            self.warn(f"{self._pending} unsealed line(s) from an earlier run; sealing them now")
+            self.seal()
+
+    # ------------------------------------------------------------------ write
+
+    def _seal_bytes(self) -> bytes:
+        h = self._hasher.hexdigest()
+        line = seal_line(self.seal_n + 1, self._pending, self.prev, h)
+        self.seal_n += 1
+        self.prev = h
+        self._pending = 0
+        self._hasher = new_hasher(h, self.key)
+        return line
+
+    def _state(self) -> tuple:
+        return (self.seal_n, self.prev, self._pending, self._hasher.copy())
+
+    def _restore(self, state: tuple) -> None:
+        self.seal_n, self.prev, self._pending, self._hasher = state
+
+    def _write_all(self, data: bytes, state: tuple) -> None:
         view = memoryview(data)
         written = 0
         try:
@@ -72,12 +245,97 @@ class DecisionLog:
                     os.ftruncate(self._fd, self._size)
                 except OSError:
                     pass
+            self._restore(state)
             raise LogUnavailable(exc.errno, f"cannot write {self.path}: {exc.strerror}") from exc
         self._size += written
+
+    def write(self, records: list[LogRecord]) -> None:
+        """Log a batch, sealing where due; all or nothing."""
+        if not records:
+            return
+        state = self._state()
+        parts: list[bytes] = []
+        sealed = 0
+        i = 0
+        while i < len(records):
+            room = self.seal_every - self._pending
+            part = records[i : i + room]
+            i += len(part)
+            data = self._encoder.encode_lines(part)
+            parts.append(data)
+            self._hasher.update(data)
+            self._pending += len(part)
+            if self._pending >= self.seal_every:
+                parts.append(self._seal_bytes())
+                sealed += 1
+        self._write_all(b"".join(parts), state)
         self.lines += len(records)
+        self.last_seq = records[-1].seq
+        if sealed:
+            self.seals += sealed
+            self._last_seal_time = self.clock()
+            self._sync()
+        if self._size > self.rotate_bytes:
+            try:
+                self.rotate()
+            except OSError as exc:  # the batch is logged; rotation is retried next time
+                self.errors += 1
+                self.warn(f"cannot rotate {self.path}: {exc.strerror or exc}")
+
+    def _sync(self) -> None:
+        if self.fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.errors += 1
+                self.warn(f"fsync {self.path}: {exc.strerror}")
+
+    def seal(self) -> bool:
+        """Write a seal now if any line is unsealed.  False if the write failed."""
+        if not self._pending:
+            return True
+        state = self._state()
+        try:
+            self._write_all(self._seal_bytes(), state)
+        except LogUnavailable as exc:
+            self.warn(f"{exc}; seal postponed")
+            return False
+        self.seals += 1
+        self._last_seal_time = self.clock()
+        self._sync()
+        return True
+
+    def tick(self) -> None:
+        """Call often: seals when lines have waited a second."""
+        if self._pending and self.clock() - self._last_seal_time >= 1.0:
+            self.seal()
+
+    # ------------------------------------------------------- rotate / reopen
+
+    def rotate(self) -> None:
+        """Seal, then move the file to ``<path>.<n>`` and start a new one."""
+        if not self.seal():
+            return
+        target = self.path.with_name(f"{self.path.name}.{max_rotation_number(self.path) + 1}")
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            os.rename(self.path, target)
+        finally:
+            self._open()
+        self.rotations += 1
+
+    def reopen(self) -> None:
+        """After an external rotation (logrotate ``create`` then SIGUSR1): seal what
+        went to the old file, then write to a fresh file at ``path``."""
+        self.seal()
+        os.close(self._fd)
+        self._fd = -1
+        self._open()
 
     def close(self) -> None:
         if self._fd >= 0:
+            self.seal()
             os.close(self._fd)
             self._fd = -1
 

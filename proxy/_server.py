@@ -18,7 +18,7 @@ import trio
 
 from ._config import Config, ConfigError, load_config
 from ._fastmatch import Engine, Matcher
-from ._log import DecisionLog, LogUnavailable, last_seq
+from ._log import DecisionLog, LogUnavailable, read_key
 from ._pipeline import Sequencer, utc_timestamp
 from ._policy import compile_policy
 from ._reply import deny_reply
@@ -56,7 +56,7 @@ class Proxy:
         self.log = log
         self.config_path = config_path
         self.warn = warn
-        self.sequencer = Sequencer(seq=last_seq(log.path))
+        self.sequencer = Sequencer(seq=log.last_seq)
         self.terminator = config.proxy.terminator.encode("latin-1")
         self.open_connections = 0
         self.total_connections = 0
@@ -80,6 +80,7 @@ class Proxy:
             async with trio.open_nursery() as accept:
                 for listener in self.listeners:
                     accept.start_soon(self._accept_loop, listener, conns)
+                accept.start_soon(self._seal_ticker)
                 task_status.started(self)
                 await self._stop.wait()
                 accept.cancel_scope.cancel()
@@ -90,6 +91,12 @@ class Proxy:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _seal_ticker(self) -> None:
+        """A seal at least every second while lines are written."""
+        while True:
+            await trio.sleep(0.25)
+            self.log.tick()
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         while True:
@@ -111,14 +118,25 @@ class Proxy:
         return True
 
     async def handle_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+        signals = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+        with trio.open_signal_receiver(*signals) as sigs:
             async for signum in sigs:
                 if signum == signal.SIGHUP:
                     self.reload()
+                elif signum == signal.SIGUSR1:
+                    self._reopen_log()
                 else:
                     self.warn("stopping: no new connections, finishing frames in flight")
                     self.stop()
                     return
+
+    def _reopen_log(self) -> None:
+        try:
+            self.log.reopen()
+        except OSError as exc:
+            self.warn(f"cannot reopen the log {self.log.path}: {exc.strerror or exc}")
+        else:
+            self.warn(f"log reopened: {self.log.path}")
 
     # -------------------------------------------------------------- connections
 
@@ -223,7 +241,10 @@ class Proxy:
 async def serve(config: Config, config_path: str | None = None) -> None:
     """``stategate run``: the proxy with signal handling, until SIGTERM or SIGINT."""
     matcher = Matcher(compile_policy(config, config_path or "<config>"))
-    with DecisionLog(config.log.path) as log:
+    cfg = config.log
+    log = DecisionLog(cfg.path, rotate_bytes=cfg.rotate_bytes, seal_every=cfg.seal_every,
+                      key=read_key(cfg.key_file), fsync=cfg.fsync, warn=_warn)  # fmt: skip
+    with log:
         proxy = Proxy(config, matcher, log, config_path=config_path)
         async with trio.open_nursery() as nursery:
             await nursery.start(proxy.run)

@@ -72,4 +72,4 @@ class SimulatedSwitch:
             msg = decode(payload)
         except Malformed:
             return None
-        return response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, self.state_ori, self.rng)
+        return response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, self.state_ori, self.rng, msg.imq)

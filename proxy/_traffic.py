@@ -218,14 +218,15 @@ def render(
 
 
 def response_for(request_fmt: str, mke: str, requester: str, ctl: str | None, state_ori: str,
-                 rng: random.Random) -> bytes | None:
-    """What a state switch answers to a query, or None if it answers nothing."""
+                 rng: random.Random, photo: bool = False) -> bytes | None:
+    """What a state switch answers to a query, or None if it answers nothing.  A
+    response to a photo request carries the photo (IMQ/Y)."""
     key = RESPONSE_KEY.get(mke)
     if key is None:
         return None
     p = synthetic_person(rng)
     data = {"NAM": p["NAM"], "DOB": p["DOB"], "STATUS": "VALID"}
-    return render(request_fmt, key, state_ori, [requester], ctl, None, None, None, False, data)
+    return render(request_fmt, key, state_ori, [requester], ctl, None, None, None, photo, data)
 
 
 def framed_stream(messages: list[Generated], framing: str, terminator: bytes) -> bytes:

@@ -67,10 +67,12 @@ def make_policy(text: str):
     return compile_policy(parse_config(text, "test.toml"), "test.toml")
 
 
-def read_log(path: Path) -> list[dict]:
+def read_log(path: Path, seals: bool = False) -> list[dict]:
+    """Decision lines of one log file (seal records too when asked)."""
     if not path.exists():
         return []
-    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line]
+    lines = [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line]
+    return lines if seals else [r for r in lines if "seal" not in r]
 
 
 class Client:

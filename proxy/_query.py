@@ -1,0 +1,112 @@
+"""Reading decision records back: typed decoding, time bounds and filters shared by
+``tail``, ``stats`` and ``replay``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import msgspec
+
+from ._logfiles import SEAL_PREFIX, iter_lines
+from ._policy import ori_matches
+from ._types import LogRecord
+
+DEFAULT_LOG = "/var/log/stategate/decisions.jsonl"
+
+_record = msgspec.json.Decoder(LogRecord)
+_RELATIVE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class BadLogLine(Exception):
+    """A line that is neither a decision record nor a seal; names file and line."""
+
+
+def decode_record(path: Path, lineno: int, line: bytes) -> LogRecord:
+    try:
+        return _record.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadLogLine(f"{path}:{lineno}: not a decision record ({exc})") from None
+
+
+def records(files: list[Path]) -> Iterator[LogRecord]:
+    """Decision records in log order; seal lines skipped; blank lines ignored."""
+    for path, n, line in iter_lines(files):
+        if not line or line.startswith(SEAL_PREFIX):
+            continue
+        yield decode_record(path, n, line)
+
+
+def parse_time(text: str, now: datetime | None = None) -> str:
+    """A time bound as a log timestamp string, which then compares as text.
+
+    Accepts RFC 3339 (``2026-11-22T10:00:00Z``, an offset, or no zone meaning UTC), a
+    date (``2026-11-22``), or an age (``90s``, ``15m``, ``2h``, ``7d``, ``1w``)."""
+    text = text.strip()
+    m = _RELATIVE.fullmatch(text)
+    if m:
+        now = now or datetime.now(timezone.utc)
+        when = now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    else:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"cannot read time {text!r}: use RFC 3339 (2026-11-22T10:00:00Z), "
+                "a date (2026-11-22) or an age (15m, 2h, 7d)"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Filter = Callable[[LogRecord], bool]
+
+
+def make_filter(
+    *,
+    action: str | None = None,
+    agency: str | None = None,
+    group: str | None = None,
+    mke: str | None = None,
+    rule: str | None = None,
+    direction: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Filter:
+    """A predicate over records; each option given must hold.  Lists are comma
+    separated; ``agency`` takes ORI patterns (``?``, trailing ``*``)."""
+    tests: list[Filter] = []
+
+    def split(value: str) -> set[str]:
+        return {v.strip() for v in value.split(",") if v.strip()}
+
+    if action:
+        actions = split(action)
+        tests.append(lambda r: r.action in actions)
+    if agency:
+        patterns = [p.upper() for p in split(agency)]
+        tests.append(lambda r: r.agency is not None and any(ori_matches(p, r.agency) for p in patterns))
+    if group:
+        groups = split(group)
+        tests.append(lambda r: any(g in groups for g in r.groups))
+    if mke:
+        keys = {k.upper() for k in split(mke)}
+        tests.append(lambda r: r.mke in keys)
+    if rule:
+        rules = split(rule)
+        tests.append(lambda r: r.rule in rules or r.shadow in rules)
+    if direction:
+        tests.append(lambda r: r.dir == direction)
+    if since:
+        lo = parse_time(since)
+        tests.append(lambda r: r.ts >= lo)
+    if until:
+        hi = parse_time(until)
+        tests.append(lambda r: r.ts < hi)
+    if not tests:
+        return lambda r: True
+    return lambda r: all(t(r) for t in tests)

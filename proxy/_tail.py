@@ -1,0 +1,192 @@
+"""``stategate tail``: the last N decisions, then follow the log like ``tail -F``.
+
+The last lines are found by reading the files backwards from the newest, so a long
+log costs nothing to open.  Following polls the base path: when the file is renamed
+away (rotation, by stategate or by logrotate) the rest of the old file is drained and
+the new one read from its start; when it shrinks (truncation) it is read again from
+its start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+
+from ._logfiles import SEAL_PREFIX, LogFileError, log_files
+from ._query import Filter, decode_record
+from ._types import LogRecord
+
+BLOCK = 1 << 20
+POLL = 0.2
+
+RED, YELLOW, DIM, RESET = "\033[31m", "\033[33m", "\033[2m", "\033[0m"
+
+
+def use_colour(stream: IO[str]) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+COLUMNS = (("time", 26), ("seq", 8), ("dir", 3), ("action", 6), ("rule", 24), ("agency", 9),
+           ("groups", 16), ("mke", 3), ("fmt", 4), ("pur", 3), ("rsn", 3), ("imq", 3),
+           ("shadow", 16), ("conn", 5))  # fmt: skip
+
+
+def header() -> str:
+    return "  ".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()
+
+
+def format_row(r: LogRecord, colour: bool) -> str:
+    cells = (r.ts, str(r.seq), r.dir, r.action, r.rule, r.agency or "-", ",".join(r.groups) or "-",
+             r.mke or "-", r.fmt or "-", r.pur or "-", r.rsn or "-",
+             "-" if r.imq is None else ("Y" if r.imq else "N"), r.shadow or "-", str(r.conn))  # fmt: skip
+    text = "  ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, COLUMNS)).rstrip()
+    if colour and r.action == "deny":
+        return f"{RED}{text}{RESET}"
+    if colour and r.action == "reject":
+        return f"{YELLOW}{text}{RESET}"
+    return text
+
+
+def format_seal(line: bytes, colour: bool) -> str:
+    text = "seal " + line.decode("ascii", "replace")
+    return f"{DIM}{text}{RESET}" if colour else text
+
+
+def _backwards(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number counted from the end as a negative index, line), last line first."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        pos = f.tell()
+        rest = b""
+        index = 0
+        while pos > 0:
+            size = min(BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            data = f.read(size) + rest
+            lines = data.split(b"\n")
+            rest = lines[0]
+            for line in reversed(lines[1:]):
+                if line:
+                    index -= 1
+                    yield index, line
+        if rest:
+            yield index - 1, rest
+
+
+def last_lines(files: list[Path], n: int, keep: Callable[[bytes, Path], bool]) -> list[bytes]:
+    """The last ``n`` lines that ``keep`` accepts, in log order."""
+    found: deque[bytes] = deque()
+    if n <= 0:
+        return []
+    for path in reversed(files):
+        for _, line in _backwards(path):
+            if keep(line, path):
+                found.appendleft(line)
+                if len(found) >= n:
+                    return list(found)
+    return list(found)
+
+
+class Printer:
+    def __init__(self, flt: Filter, *, as_json: bool, seals: bool, out: IO[str] = sys.stdout) -> None:
+        self.flt = flt
+        self.as_json = as_json
+        self.seals = seals
+        self.out = out
+        self.colour = not as_json and use_colour(out)
+        self.header_done = False
+
+    def accept(self, line: bytes, path: Path, lineno: int = 0) -> bool:
+        if line.startswith(SEAL_PREFIX):
+            return self.seals
+        return self.flt(decode_record(path, lineno, line))
+
+    def emit(self, line: bytes, path: Path) -> None:
+        if self.as_json:
+            self.out.write(line.decode("utf-8", "replace") + "\n")
+        else:
+            if not self.header_done:
+                self.out.write(header() + "\n")
+                self.header_done = True
+            if line.startswith(SEAL_PREFIX):
+                self.out.write(format_seal(line, self.colour) + "\n")
+            else:
+                self.out.write(format_row(decode_record(path, 0, line), self.colour) + "\n")
+        self.out.flush()
+
+
+def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: False) -> None:
+    """Print lines appended to ``base`` until ``stop()``; survives rotation."""
+
+    def open_base() -> tuple[IO[bytes] | None, int | None]:
+        try:
+            f = open(base, "rb")
+        except FileNotFoundError:
+            return None, None
+        return f, os.fstat(f.fileno()).st_ino
+
+    f, inode = open_base()
+    if f is not None:
+        f.seek(0, os.SEEK_END)
+    partial = b""
+
+    def drain(fh: IO[bytes]) -> None:
+        nonlocal partial
+        data = fh.read()
+        if not data:
+            return
+        data = partial + data
+        lines = data.split(b"\n")
+        partial = lines.pop()
+        for line in lines:
+            if line and printer.accept(line, base):
+                printer.emit(line, base)
+
+    while not stop():
+        if f is not None:
+            drain(f)
+        try:
+            st = os.stat(base)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (f is None or st.st_ino != inode):
+            if f is not None:
+                drain(f)  # the rest of the rotated-away file
+                f.close()
+            partial = b""
+            f, inode = open_base()
+            continue
+        if f is not None and st is not None and st.st_size < f.tell():
+            f.seek(0)  # truncated in place
+            partial = b""
+            continue
+        time.sleep(POLL)
+    if f is not None:
+        f.close()
+
+
+def run_tail(log: str, n: int, follow_: bool, printer: Printer) -> int:
+    base = Path(log)
+    try:
+        files = log_files(base)
+    except LogFileError:
+        if not follow_:
+            raise
+        files = []
+    for line in last_lines(files, n, lambda line, path: printer.accept(line, path)):
+        printer.emit(line, base)
+    if follow_:
+        try:
+            follow(base, printer)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
