@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 
-from ._logfiles import SEAL_PREFIX, LogFileError, log_files
+from ._logfiles import SEAL_PREFIX, LogFileError, log_files, rotated_files
 from ._query import Filter, decode_record
 from ._types import LogRecord
 
@@ -32,7 +32,7 @@ def use_colour(stream: IO[str]) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-COLUMNS = (("time", 26), ("seq", 8), ("dir", 3), ("action", 6), ("rule", 24), ("agency", 9),
+COLUMNS = (("time", 27), ("seq", 8), ("dir", 3), ("action", 6), ("rule", 24), ("agency", 9),
            ("groups", 16), ("mke", 3), ("fmt", 4), ("pur", 3), ("rsn", 3), ("imq", 3),
            ("shadow", 16), ("conn", 5))  # fmt: skip
 
@@ -160,6 +160,15 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
             if f is not None:
                 drain(f)  # the rest of the rotated-away file
                 f.close()
+                # Several rotations may have passed since the last poll: read every
+                # rotated file newer than the one we had open.
+                rotated = rotated_files(base)
+                inodes = [_inode(p) for p in rotated]
+                if inode in inodes:
+                    for p in rotated[inodes.index(inode) + 1 :]:
+                        partial = b""
+                        with open(p, "rb") as fh:
+                            drain(fh)
             partial = b""
             f, inode = open_base()
             continue
@@ -170,6 +179,13 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
         time.sleep(POLL)
     if f is not None:
         f.close()
+
+
+def _inode(p: Path) -> int | None:
+    try:
+        return os.stat(p).st_ino
+    except OSError:
+        return None
 
 
 def run_tail(log: str, n: int, follow_: bool, printer: Printer) -> int:

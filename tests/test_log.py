@@ -1,0 +1,265 @@
+"""The sealed log: SPEC section 6's seal format recomputed independently, seal
+timing, rotation, restarts, write failures, and verify against every kind of tamper."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from proxy._log import DecisionLog, LogUnavailable
+from proxy._logfiles import log_files
+from proxy._types import LogRecord
+from proxy._verify import verify
+
+
+def rec(seq: int, action: str = "allow") -> LogRecord:
+    return LogRecord("2026-11-22T10:00:00.000000Z", f"run-{seq:x}", seq, 1, "127.0.0.1:9",
+                     "in", "text", "DQ", "AZ0070000", ("CA",), None, None, None, None, False,
+                     "AZ0070000", (), action, "default", None, "enforce", action == "allow",
+                     "0" * 64, 42)  # fmt: skip
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_many(log: DecisionLog, start: int, sizes: list[int]) -> int:
+    seq = start
+    for n in sizes:
+        log.write([rec(seq + i + 1) for i in range(n)])
+        seq += n
+    return seq
+
+
+def independent_check(files: list[Path], key: bytes | None = None) -> tuple[int, int]:
+    """Recompute every seal from the raw bytes, exactly as SPEC section 6 words it."""
+    prev = "0" * 64
+    block: list[bytes] = []
+    seals = lines = 0
+    for f in files:
+        for raw in f.read_bytes().splitlines(keepends=True):
+            obj = json.loads(raw)
+            if "seal" not in obj:
+                block.append(raw)
+                lines += 1
+                continue
+            assert list(obj) == ["seal", "lines", "prev", "h"]
+            data = prev.encode() + b"".join(block)
+            h = (hmac.new(key, data, hashlib.sha256) if key else hashlib.sha256(data)).hexdigest()
+            assert obj == {"seal": seals + 1, "lines": len(block), "prev": prev, "h": h}
+            prev, block, seals = h, [], seals + 1
+    assert block == []  # everything sealed
+    return seals, lines
+
+
+@pytest.mark.parametrize("key", [None, b"synthetic-test-key\n"])
+def test_seals_follow_the_spec_and_come_at_most_seal_every_lines_apart(tmp_path, key):
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=5, key=key, fsync=False) as log:
+        write_many(log, 0, [1, 3, 7, 12, 2, 5])
+    seals, lines = independent_check([path], key)
+    assert lines == 30
+    blocks = [json.loads(l)["lines"] for l in path.read_bytes().splitlines() if b'"seal"' in l]
+    assert all(1 <= k <= 5 for k in blocks) and sum(blocks) == 30
+    assert verify([path], key).ok
+    if key:
+        result = verify([path], None)
+        assert not result.ok and "key-file" in result.broken.reason
+
+
+def test_a_seal_every_second_while_lines_are_written_and_at_close(tmp_path):
+    clock = FakeClock()
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=1000, fsync=False, clock=clock)
+    log.write([rec(1), rec(2)])
+    log.tick()
+    assert log.seals == 0  # not yet a second
+    clock.now = 1.0
+    log.tick()
+    assert log.seals == 1
+    clock.now = 5.0
+    log.tick()
+    assert log.seals == 1  # nothing new to seal
+    log.write([rec(3)])
+    log.close()
+    assert log.seals == 2
+    assert independent_check([path]) == (2, 3)
+
+
+def test_rotation_keeps_every_line_whole_and_the_chain_going(tmp_path):
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=4, rotate_bytes=2000, fsync=False) as log:
+        last = write_many(log, 0, [3] * 40)
+    files = log_files(path)
+    assert len(files) > 5 and files[-1] == path
+    assert log.rotations == len(files) - 1
+    seals, lines = independent_check(files)
+    assert lines == last == 120
+    seqs = [json.loads(l)["seq"] for f in files for l in f.read_bytes().splitlines() if b'"seq"' in l]
+    assert seqs == list(range(1, 121))
+    assert verify(files).ok
+
+
+def test_restart_continues_the_chain_and_the_numbering(tmp_path):
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=4, rotate_bytes=1500, fsync=False) as log:
+        write_many(log, 0, [3] * 10)
+    with DecisionLog(path, seal_every=4, rotate_bytes=1500, fsync=False) as log:
+        assert log.last_seq == 30
+        write_many(log, 30, [2] * 10)
+    files = log_files(path)
+    seals, lines = independent_check(files)
+    assert lines == 50
+    assert verify(files).ok
+
+
+def test_restart_after_a_crash_seals_the_lines_left_unsealed(tmp_path):
+    path = tmp_path / "d.jsonl"
+    crashed = DecisionLog(path, seal_every=100, fsync=False)
+    write_many(crashed, 0, [3, 4])  # no close: as if killed
+    result = verify([path])
+    assert result.ok and result.unsealed == 7 and result.unsealed_from == f"{path}:1"
+    # a torn last line (power loss mid-write) is dropped on restart
+    with open(path, "ab") as f:
+        f.write(b'{"ts":"2026-11-22T10:00')
+    warnings: list[str] = []
+    with DecisionLog(path, seal_every=100, fsync=False, warn=warnings.append) as log:
+        assert log.last_seq == 7
+        write_many(log, 7, [2])
+    assert any("partial last line" in w for w in warnings)
+    assert any("7 unsealed" in w for w in warnings)
+    assert independent_check([path]) == (2, 9)
+
+
+def test_a_failed_write_keeps_nothing_and_the_chain_intact(tmp_path):
+    full = tmp_path / "full.jsonl"
+    full.symlink_to("/dev/full")
+    log = DecisionLog(full, seal_every=2, fsync=False, warn=lambda m: None)
+    with pytest.raises(LogUnavailable):
+        log.write([rec(1), rec(2), rec(3)])
+    assert (log.seal_n, log._pending, log.errors) == (0, 0, 1)
+    log.close()
+
+    # A real file that fails once: the batch is undone, later writes seal correctly.
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=2, fsync=False, warn=lambda m: None)
+    log.write([rec(1)])
+    real_fd = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)
+    with pytest.raises(LogUnavailable):
+        log.write([rec(2), rec(3)])
+    os.close(log._fd)
+    log._fd = real_fd
+    log.write([rec(2), rec(3)])
+    log.close()
+    assert independent_check([path]) == (2, 3)
+
+
+# ------------------------------------------------------------------ tampering
+
+
+@pytest.fixture
+def sealed_log(tmp_path) -> list[Path]:
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=5, rotate_bytes=4000, fsync=False) as log:
+        write_many(log, 0, [2] * 20)
+    files = log_files(path)
+    assert len(files) >= 3 and verify(files).ok
+    return files
+
+
+def lines_of(p: Path) -> list[bytes]:
+    return p.read_bytes().splitlines(keepends=True)
+
+
+def decision_indexes(lines: list[bytes]) -> list[int]:
+    return [i for i, l in enumerate(lines) if b'"seq"' in l]
+
+
+def test_an_edited_line_breaks_its_seal(sealed_log):
+    f = sealed_log[1]
+    lines = lines_of(f)
+    i = decision_indexes(lines)[1]
+    lines[i] = lines[i].replace(b'"allow"', b'"deny"')
+    f.write_bytes(b"".join(lines))
+    result = verify(sealed_log)
+    seal_line = next(j for j in range(i, len(lines)) if lines[j].startswith(b'{"seal"'))
+    assert (result.broken.file, result.broken.line) == (str(f), seal_line + 1)
+    assert "altered" in result.broken.reason and f"lines 1-{seal_line}" in result.broken.reason
+
+
+@pytest.mark.parametrize("kind", ["delete", "insert", "reorder"])
+def test_deleted_inserted_reordered_lines_are_named(sealed_log, kind):
+    f = sealed_log[1]
+    lines = lines_of(f)
+    idx = decision_indexes(lines)
+    i = idx[2]
+    if kind == "delete":
+        del lines[i]
+        expected_line = i + 1  # the line after the deleted one now sits at i
+    elif kind == "insert":
+        lines.insert(i, lines[idx[0]])
+        expected_line = i + 1
+    else:
+        lines[i], lines[idx[3]] = lines[idx[3]], lines[i]
+        expected_line = i + 1
+    f.write_bytes(b"".join(lines))
+    result = verify(sealed_log)
+    assert result.broken is not None
+    assert (result.broken.file, result.broken.line) == (str(f), expected_line), result.broken
+    assert "seq" in result.broken.reason
+
+
+def test_a_deleted_seal_and_a_missing_file_are_breaks(sealed_log):
+    f = sealed_log[1]
+    lines = lines_of(f)
+    j = next(k for k, l in enumerate(lines) if l.startswith(b'{"seal"'))
+    del lines[j]
+    f.write_bytes(b"".join(lines))
+    result = verify(sealed_log)
+    assert result.broken.file == str(f) and "seal" in result.broken.reason
+
+    # a whole rotated file gone (the damaged one above is left out too)
+    files = sealed_log[:1] + sealed_log[2:]
+    result = verify(files)
+    assert result.broken.file == str(sealed_log[2])
+
+
+def test_truncation(sealed_log):
+    last = [f for f in sealed_log if f.stat().st_size][-1]
+    data = last.read_bytes()
+    last.write_bytes(data[:-10])  # mid-line
+    result = verify(sealed_log)
+    assert result.broken is not None and "truncated" in result.broken.reason
+    assert result.broken.file == str(last)
+    # truncating a rotated file at a line boundary breaks the chain into the next file
+    mid = sealed_log[0]
+    lines = lines_of(mid)
+    mid.write_bytes(b"".join(lines[:-3]))
+    last.write_bytes(data)
+    result = verify(sealed_log)
+    assert result.broken is not None
+
+
+def test_unsealed_tail_is_reported_not_broken(sealed_log):
+    last = sealed_log[-1]
+    with open(last, "ab") as f:
+        f.write(msgspec.json.encode(rec(41)) + b"\n")
+        f.write(msgspec.json.encode(rec(42)) + b"\n")
+    result = verify(sealed_log)
+    assert result.ok and result.unsealed == 2
+    # but unsealed lines out of order are a break
+    with open(last, "ab") as f:
+        f.write(msgspec.json.encode(rec(50)) + b"\n")
+    result = verify(sealed_log)
+    assert not result.ok and "seq 50 where 43" in result.broken.reason
