@@ -147,25 +147,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import msgspec
 
     from ._logfiles import expand
-    from ._query import records
-    from ._stats import DISCLOSURE_COLUMNS, count_by, disclosure, parse_by, render_csv, render_table
+    from ._scan import weighted_rows
+    from ._stats import (DISCLOSURE_COLUMNS, DISCLOSURE_FIELDS, count_by, disclosure,
+                         needed_fields, parse_by, render_csv, render_table)  # fmt: skip
 
-    flt = _filter(args)
+    query = _filter(args)
     files = expand(args.logs or [_log_arg(args)])
-    selected = (r for r in records(files) if flt(r))
+
+    def selected(fields: list[str]):
+        need = list(dict.fromkeys(fields + query.fields))
+        return ((row, n) for row, n in weighted_rows(files, need, query.lo, query.hi)
+                if query.matches(row))  # fmt: skip
+
     if args.by:
         try:
             fields = parse_by(args.by)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        counts = count_by(selected, fields)
+        counts = count_by(selected(needed_fields(fields)), fields)
         rows = [list(k) + [n] for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
         header = fields + ["count"]
         if args.json:
             print(msgspec.json.encode([dict(zip(header, row)) for row in rows]).decode())
             return 0
     else:
-        reports = disclosure(selected)
+        reports = disclosure(selected(DISCLOSURE_FIELDS))
         if args.json:
             print(msgspec.json.encode(reports).decode())
             return 0
@@ -214,13 +220,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import msgspec
 
     from ._logfiles import expand
-    from ._query import records
-    from ._replay import replay
+    from ._replay import summarize
+    from ._scan import replay_counts
     from ._stats import render_table
 
     _, policy = _load(args.config)
     files = expand(args.logs)
-    result = replay(records(files), fast.Matcher(policy))
+    query = _filter(args)
+    result = summarize(replay_counts(files, fast.Matcher(policy), query.lo, query.hi))
     if args.json:
         print(msgspec.json.encode(result).decode())
         return 0
@@ -325,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-decide logged traffic under the policy in FILE and count what would change.")  # fmt: skip
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     p.add_argument("logs", nargs="+", metavar="LOG", help="log base paths or files")
+    p.add_argument("--since", metavar="T", help="from this time on: RFC 3339, a date, or an age (2h, 7d)")
+    p.add_argument("--until", metavar="T", help="before this time")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=cmd_replay, action=None, agency=None, group=None, mke=None, rule=None, dir=None)
     return parser
 
 

@@ -13,8 +13,13 @@ require the two to agree.
 """
 
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, free
-from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdlib cimport malloc, free, realloc
+from libc.string cimport memchr, memcmp, memcpy
+from cpython.dict cimport PyDict_GetItem
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import sys
 
@@ -527,3 +532,365 @@ cdef class Engine:
         seqr.seq = seq
         seqr.decisions = n
         return Batch(records, b"".join(forward), denials)
+
+
+# ------------------------------------------------------------- log scanning
+#
+# The log tools read lines this module's writer produced: msgspec's compact JSON with
+# LogRecord's fields in order.  The scanner walks a line's fields in that order and
+# notes where each value lies; a line that does not fit exactly (another writer, an
+# edit, escapes it cannot skip) goes to a Python fallback that decodes it strictly.
+# Both give the same answers; the tests hold them to it.
+
+
+DEF N_FIELDS = 24
+#: Pseudo field ids for keys: a prefix of the timestamp (hour, day, month).
+TS_PREFIX_BASE = 100
+
+cdef tuple _FIELD_NAMES = ("ts", "id", "seq", "conn", "peer", "dir", "fmt", "mke", "ori", "dst",
+                           "ctl", "pur", "rsn", "atn", "imq", "agency", "groups", "action", "rule",
+                           "shadow", "mode", "forwarded", "rev", "bytes")
+cdef list _FIELD_KEYS = [('"%s":' % n).encode() for n in _FIELD_NAMES]
+FIELD_NAMES = _FIELD_NAMES
+
+cdef enum:
+    F_TS = 0
+    F_DIR = 5
+    F_FMT = 6
+    F_MKE = 7
+    F_ORI = 8
+    F_DST = 9
+    F_PUR = 11
+    F_RSN = 12
+    F_ATN = 13
+    F_IMQ = 14
+    F_ACTION = 17
+    F_RULE = 18
+
+
+cdef Py_ssize_t _skip_string(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """p[i] is the opening quote; the index after the closing quote, or -1."""
+    cdef const char* q
+    cdef Py_ssize_t k, slashes
+    i += 1
+    while i < n:
+        q = <const char*> memchr(p + i, b'"', n - i)
+        if q == NULL:
+            return -1
+        k = q - p
+        slashes = 0
+        while k - 1 - slashes >= i - 1 and p[k - 1 - slashes] == b'\\':
+            slashes += 1
+        if slashes % 2 == 0:
+            return k + 1
+        i = k + 1
+    return -1
+
+
+cdef Py_ssize_t _skip_value(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The index just after the JSON value starting at p[i] (strings, arrays of
+    strings, numbers, true/false/null), or -1."""
+    cdef char c
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == b'"':
+        return _skip_string(p, i, n)
+    if c == b'[':
+        i += 1
+        while i < n:
+            c = p[i]
+            if c == b']':
+                return i + 1
+            if c == b'"':
+                i = _skip_string(p, i, n)
+                if i < 0:
+                    return -1
+                continue
+            if c == b',' or c == b' ':
+                i += 1
+                continue
+            return -1
+        return -1
+    while i < n and p[i] != b',' and p[i] != b'}':
+        if p[i] == b'"' or p[i] == b'[' or p[i] == b'{':
+            return -1
+        i += 1
+    return i
+
+
+cdef bint _parse_line(const char* p, Py_ssize_t n, Py_ssize_t* starts, Py_ssize_t* ends) noexcept:
+    """Spans of the 24 values of a line in the writer's exact layout."""
+    cdef Py_ssize_t i = 1, f, klen, j
+    cdef bytes key
+    if n < 2 or p[0] != b'{' or p[n - 1] != b'}':
+        return False
+    for f in range(N_FIELDS):
+        key = <bytes> _FIELD_KEYS[f]
+        klen = len(key)
+        if i + klen > n or memcmp(p + i, <const char*> key, klen) != 0:
+            return False
+        i += klen
+        j = _skip_value(p, i, n)
+        if j < 0:
+            return False
+        starts[f] = i
+        ends[f] = j
+        i = j
+        if f < N_FIELDS - 1:
+            if i >= n or p[i] != b',':
+                return False
+            i += 1
+    return i == n - 1
+
+
+def seal_scan(bytes data, Py_ssize_t pos, Py_ssize_t end):
+    """From ``pos`` (a line start) to the next line starting ``{"seal":`` or ``end``:
+    (where that seal line starts, or end; how many newlines before it)."""
+    cdef const char* p = data
+    cdef const char* hit
+    cdef Py_ssize_t count = 0, i = pos
+    while i < end:
+        hit = <const char*> memchr(p + i, b'\n', end - i)
+        if hit == NULL:
+            return end, count
+        count += 1
+        i = hit - p + 1
+        if i + 8 <= end and memcmp(p + i, b'{"seal":', 8) == 0:
+            return i, count
+    return end, count
+
+
+cdef inline bint _in_window(const char* p, Py_ssize_t s, Py_ssize_t e, bytes lo, bytes hi) noexcept:
+    """ts (a quoted string at [s, e)) >= lo and < hi; empty bounds are open."""
+    cdef Py_ssize_t n = e - s - 2, m, k
+    cdef int c
+    if lo:
+        m = len(lo)
+        k = n if n < m else m
+        c = memcmp(p + s + 1, <const char*> lo, k)
+        if c < 0 or (c == 0 and n < m):
+            return False
+    if hi:
+        m = len(hi)
+        k = n if n < m else m
+        c = memcmp(p + s + 1, <const char*> hi, k)
+        if c > 0 or (c == 0 and n >= m):
+            return False
+    return True
+
+
+cdef class _KeyBuffer:
+    """Scratch space for building one bytes key per line."""
+    cdef char* buf
+    cdef Py_ssize_t size
+
+    def __cinit__(self):
+        self.size = 4096
+        self.buf = <char*> malloc(self.size)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        cdef char* b
+        if n > self.size:
+            b = <char*> realloc(self.buf, n)
+            if b == NULL:
+                raise MemoryError()
+            self.buf = b
+            self.size = n
+        return 0
+
+
+def count_records(bytes data, Py_ssize_t end, tuple key_ids, bytes lo, bytes hi,
+                  dict counts, fallback, Py_ssize_t base_offset=0):
+    """Count the decision lines of ``data[:end]`` (whole lines) into ``counts``.
+
+    The key of a line is one bytes object: for each id in ``key_ids``, the value's raw
+    JSON (field ids 0-23) or the first k characters of the timestamp (id
+    TS_PREFIX_BASE + k), joined by NUL, which raw JSON cannot contain.
+    ``fallback(line, offset)`` returns ``(ts, key)`` for a line the scanner cannot
+    read (key None to skip it), or raises.  Returns the number of lines counted."""
+    cdef const char* p = data
+    cdef const char* nl
+    cdef Py_ssize_t starts[N_FIELDS]
+    cdef Py_ssize_t ends[N_FIELDS]
+    cdef Py_ssize_t i = 0, j, n, k, fid, nkeys = len(key_ids), lines = 0, w, vlen
+    cdef Py_ssize_t ids[64]
+    cdef _KeyBuffer kb = _KeyBuffer()
+    if nkeys > 64:
+        raise ValueError("too many key fields")
+    for k in range(nkeys):
+        ids[k] = key_ids[k]
+    while i < end:
+        nl = <const char*> memchr(p + i, b'\n', end - i)
+        j = (nl - p) if nl != NULL else end
+        n = j - i
+        if n == 0 or (n >= 8 and memcmp(p + i, b'{"seal":', 8) == 0):
+            i = j + 1
+            continue
+        if _parse_line(p + i, n, starts, ends):
+            if (lo or hi) and not _in_window(p + i, starts[F_TS], ends[F_TS], lo, hi):
+                i = j + 1
+                continue
+            kb.reserve(n + nkeys)
+            w = 0
+            for k in range(nkeys):
+                if k:
+                    kb.buf[w] = 0
+                    w += 1
+                fid = ids[k]
+                if fid >= TS_PREFIX_BASE:
+                    vlen = fid - TS_PREFIX_BASE
+                    if vlen > ends[F_TS] - starts[F_TS] - 2:
+                        vlen = ends[F_TS] - starts[F_TS] - 2
+                    memcpy(kb.buf + w, p + i + starts[F_TS] + 1, vlen)
+                else:
+                    vlen = ends[fid] - starts[fid]
+                    memcpy(kb.buf + w, p + i + starts[fid], vlen)
+                w += vlen
+            key = PyBytes_FromStringAndSize(kb.buf, w)
+        else:
+            ts, key = fallback(data[i:j], base_offset + i)
+            if key is None:
+                i = j + 1
+                continue
+        v = PyDict_GetItem(counts, key)
+        counts[key] = (<object> v) + 1 if v != NULL else 1
+        lines += 1
+        i = j + 1
+    return lines
+
+
+cdef object _str_or_none(const char* p, Py_ssize_t s, Py_ssize_t e):
+    """A JSON string value (no escapes) as str, or None for null."""
+    if p[s] != b'"':
+        return None
+    return PyUnicode_DecodeASCII(p + s + 1, e - s - 2, NULL)
+
+
+cdef bint _plain(const char* p, Py_ssize_t s, Py_ssize_t e) noexcept:
+    """No escapes in the span, so its characters are the value's."""
+    return memchr(p + s, b'\\', e - s) == NULL
+
+
+cdef tuple _str_list(const char* p, Py_ssize_t s, Py_ssize_t e):
+    """A JSON array of plain strings, as a tuple of str."""
+    cdef list out = []
+    cdef Py_ssize_t i = s + 1, j
+    while i < e - 1:
+        if p[i] == b'"':
+            j = _skip_string(p, i, e)
+            out.append(PyUnicode_DecodeASCII(p + i + 1, j - i - 2, NULL))
+            i = j
+        else:
+            i += 1
+    return tuple(out)
+
+
+DEF REPLAY_CACHE_LIMIT = 1 << 20
+
+#: Fields whose values decide a message, for replay's cache key.
+cdef int[6] _DECIDING = [F_DIR, F_MKE, F_ORI, F_DST, F_PUR, F_RSN]
+
+
+def replay_records(bytes data, Py_ssize_t end, Matcher m, bytes lo, bytes hi, dict counts,
+                   fallback, dict cache, Py_ssize_t base_offset=0):
+    """Re-decide the decision lines of ``data[:end]`` under ``m`` and count
+    transitions.  A key is one bytes object: the logged action and rule as raw JSON,
+    then the new action and rule, joined by NUL.  Rejected lines stay rejected.
+
+    ``cache`` maps the raw deciding fields of a line to the new action and rule, so
+    each distinct message is decided once (bounded; cleared when full).
+    ``fallback(line, offset)`` returns ``(ts, key)`` for a line the scanner cannot
+    read.  Returns the number of lines counted."""
+    cdef const char* p = data
+    cdef const char* q
+    cdef const char* nl
+    cdef Py_ssize_t starts[N_FIELDS]
+    cdef Py_ssize_t ends[N_FIELDS]
+    cdef Py_ssize_t i = 0, j, n, lines = 0, f, w, vlen, k
+    cdef int act
+    cdef bint ok, reject
+    cdef _KeyBuffer kb = _KeyBuffer()
+    cdef _KeyBuffer tb = _KeyBuffer()
+    while i < end:
+        nl = <const char*> memchr(p + i, b'\n', end - i)
+        j = (nl - p) if nl != NULL else end
+        n = j - i
+        if n == 0 or (n >= 8 and memcmp(p + i, b'{"seal":', 8) == 0):
+            i = j + 1
+            continue
+        q = p + i
+        ok = _parse_line(q, n, starts, ends)
+        if ok:
+            for f in (F_DIR, F_MKE, F_ORI, F_DST, F_PUR, F_RSN, F_ACTION, F_RULE):
+                if not _plain(q, starts[f], ends[f]):
+                    ok = False
+                    break
+        if ok and (lo or hi) and not _in_window(q, starts[F_TS], ends[F_TS], lo, hi):
+            i = j + 1
+            continue
+        if not ok:
+            ts, key = fallback(data[i:j], base_offset + i)
+            if key is not None:
+                v = PyDict_GetItem(counts, key)
+                counts[key] = (<object> v) + 1 if v != NULL else 1
+                lines += 1
+            i = j + 1
+            continue
+        # the logged action and rule, raw
+        kb.reserve(n + 8)
+        tb.reserve(n)
+        w = ends[F_ACTION] - starts[F_ACTION]
+        memcpy(tb.buf, q + starts[F_ACTION], w)
+        tb.buf[w] = 0
+        w += 1
+        vlen = ends[F_RULE] - starts[F_RULE]
+        memcpy(tb.buf + w, q + starts[F_RULE], vlen)
+        w += vlen
+        reject = memcmp(q + starts[F_ACTION], b'"reject"', 8) == 0 or q[starts[F_MKE]] != b'"' \
+            or q[starts[F_ORI]] != b'"'
+        if reject:
+            outcome = b"\x00" + PyBytes_FromStringAndSize(q + starts[F_ACTION] + 1, ends[F_ACTION] - starts[F_ACTION] - 2) \
+                + b"\x00" + PyBytes_FromStringAndSize(q + starts[F_RULE] + 1, ends[F_RULE] - starts[F_RULE] - 2)
+        else:
+            k = 0
+            for f in _DECIDING:
+                vlen = ends[f] - starts[f]
+                memcpy(kb.buf + k, q + starts[f], vlen)
+                k += vlen
+                kb.buf[k] = 0
+                k += 1
+            kb.buf[k] = b'1' if q[starts[F_ATN]] == b'"' else b'0'
+            kb.buf[k + 1] = b'1' if q[starts[F_IMQ]] == b't' else b'0'
+            dkey = PyBytes_FromStringAndSize(kb.buf, k + 2)
+            c = PyDict_GetItem(cache, dkey)
+            if c != NULL:
+                outcome = <object> c
+            else:
+                dst = _str_list(q, starts[F_DST], ends[F_DST]) if q[starts[F_DST]] == b'[' else ()
+                act = m.decide_c(_str_or_none(q, starts[F_MKE], ends[F_MKE]),
+                                 _str_or_none(q, starts[F_ORI], ends[F_ORI]), dst,
+                                 _str_or_none(q, starts[F_PUR], ends[F_PUR]),
+                                 _str_or_none(q, starts[F_RSN], ends[F_RSN]),
+                                 q[starts[F_ATN]] == b'"',
+                                 q[starts[F_IMQ]] == b't',
+                                 DIR_IN if memcmp(q + starts[F_DIR], b'"in"', 4) == 0 else DIR_OUT)
+                outcome = (b"\x00deny\x00" if act == ACT_DENY else b"\x00allow\x00") + \
+                    (m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default").encode()
+                if len(cache) >= REPLAY_CACHE_LIMIT:
+                    cache.clear()
+                cache[dkey] = outcome
+        vlen = len(<bytes> outcome)
+        tb.reserve(w + vlen)
+        memcpy(tb.buf + w, PyBytes_AS_STRING(outcome), vlen)
+        key = PyBytes_FromStringAndSize(tb.buf, w + vlen)
+        v = PyDict_GetItem(counts, key)
+        counts[key] = (<object> v) + 1 if v != NULL else 1
+        lines += 1
+        i = j + 1
+    return lines

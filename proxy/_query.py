@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -63,50 +64,66 @@ def parse_time(text: str, now: datetime | None = None) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Query:
+    """Which decisions a command looks at.  Each option given must hold; lists are
+    comma separated; ``agency`` takes ORI patterns (``?``, trailing ``*``).
+
+    ``lo``/``hi`` bound the time (as log timestamp strings); :attr:`fields` names the
+    record fields the other tests read, so aggregated rows can carry them."""
+
+    def __init__(
+        self,
+        *,
+        action: str | None = None,
+        agency: str | None = None,
+        group: str | None = None,
+        mke: str | None = None,
+        rule: str | None = None,
+        direction: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> None:
+        def split(value: str) -> set[str]:
+            return {v.strip() for v in value.split(",") if v.strip()}
+
+        tests: list[tuple[tuple[str, ...], Callable[[Any], bool]]] = []
+        if action:
+            actions = split(action)
+            tests.append((("action",), lambda r: r.action in actions))
+        if agency:
+            patterns = [p.upper() for p in split(agency)]
+            tests.append((("agency",), lambda r: r.agency is not None
+                          and any(ori_matches(p, r.agency) for p in patterns)))  # fmt: skip
+        if group:
+            groups = split(group)
+            tests.append((("groups",), lambda r: any(g in groups for g in r.groups)))
+        if mke:
+            keys = {k.upper() for k in split(mke)}
+            tests.append((("mke",), lambda r: r.mke in keys))
+        if rule:
+            rules = split(rule)
+            tests.append((("rule", "shadow"), lambda r: r.rule in rules or r.shadow in rules))
+        if direction:
+            tests.append((("dir",), lambda r: r.dir == direction))
+        self._tests = [t for _, t in tests]
+        self.fields = list(dict.fromkeys(f for names, _ in tests for f in names))
+        self.lo = parse_time(since) if since else None
+        self.hi = parse_time(until) if until else None
+
+    def matches(self, r: Any) -> bool:
+        """The tests other than time, on a record or an aggregated row."""
+        return all(t(r) for t in self._tests)
+
+    def __call__(self, r: LogRecord) -> bool:
+        if self.lo is not None and r.ts < self.lo:
+            return False
+        if self.hi is not None and r.ts >= self.hi:
+            return False
+        return self.matches(r)
+
+
 Filter = Callable[[LogRecord], bool]
 
 
-def make_filter(
-    *,
-    action: str | None = None,
-    agency: str | None = None,
-    group: str | None = None,
-    mke: str | None = None,
-    rule: str | None = None,
-    direction: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-) -> Filter:
-    """A predicate over records; each option given must hold.  Lists are comma
-    separated; ``agency`` takes ORI patterns (``?``, trailing ``*``)."""
-    tests: list[Filter] = []
-
-    def split(value: str) -> set[str]:
-        return {v.strip() for v in value.split(",") if v.strip()}
-
-    if action:
-        actions = split(action)
-        tests.append(lambda r: r.action in actions)
-    if agency:
-        patterns = [p.upper() for p in split(agency)]
-        tests.append(lambda r: r.agency is not None and any(ori_matches(p, r.agency) for p in patterns))
-    if group:
-        groups = split(group)
-        tests.append(lambda r: any(g in groups for g in r.groups))
-    if mke:
-        keys = {k.upper() for k in split(mke)}
-        tests.append(lambda r: r.mke in keys)
-    if rule:
-        rules = split(rule)
-        tests.append(lambda r: r.rule in rules or r.shadow in rules)
-    if direction:
-        tests.append(lambda r: r.dir == direction)
-    if since:
-        lo = parse_time(since)
-        tests.append(lambda r: r.ts >= lo)
-    if until:
-        hi = parse_time(until)
-        tests.append(lambda r: r.ts < hi)
-    if not tests:
-        return lambda r: True
-    return lambda r: all(t(r) for t in tests)
+def make_filter(**options: str | None) -> Query:
+    return Query(**options)

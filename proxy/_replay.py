@@ -32,22 +32,27 @@ class ReplayResult(msgspec.Struct):
     actions: dict[str, int]  # "allow->deny": n, by action only
 
 
-def replay(records: Iterable[LogRecord], matcher: Matcher) -> ReplayResult:
+def reference_counts(records: Iterable[LogRecord], matcher: Matcher) -> dict[tuple, int]:
+    """(logged action, logged rule, new action, new rule) -> lines, one record at a
+    time: the plain statement of what the compiled scanner computes."""
     counts: Counter = Counter()
-    lines = 0
     for r in records:
-        lines += 1
         if r.action == "reject" or r.mke is None or r.ori is None:
-            counts[(r.action, r.action, r.rule, r.rule)] += 1
+            counts[(r.action, r.rule, r.action, r.rule)] += 1
             continue
         msg = Message(r.fmt or "text", r.mke, r.ori, r.dst or (), r.ctl, r.pur, r.rsn, r.atn,
                       bool(r.imq))  # fmt: skip
         action, rule, _, _, _ = matcher.decide(msg, r.dir)
-        counts[(r.action, action, r.rule, rule)] += 1
-    transitions = [Transition(b, a, o, n, c) for (b, a, o, n), c in
-                   sorted(counts.items(), key=lambda kv: (kv[0][0] == kv[0][1], -kv[1]))]  # fmt: skip
+        counts[(r.action, r.rule, action, rule)] += 1
+    return dict(counts)
+
+
+def summarize(counts: dict[tuple, int]) -> ReplayResult:
+    transitions = [Transition(b, a, o, n, c) for (b, o, a, n), c in
+                   sorted(counts.items(), key=lambda kv: (kv[0][0] == kv[0][2], -kv[1], kv[0]))]  # fmt: skip
     by_action: Counter = Counter()
     for t in transitions:
         by_action[f"{t.before}->{t.after}"] += t.count
     changed = sum(t.count for t in transitions if t.before != t.after)
+    lines = sum(t.count for t in transitions)
     return ReplayResult(lines, changed, transitions, dict(by_action))

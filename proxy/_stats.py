@@ -19,15 +19,12 @@ from ._types import LogRecord
 NO_GROUP = "(no group)"
 UNIDENTIFIED = "(unidentified: rejected)"
 
-#: Fields of a record that can be counted by, plus derived ones.
-DERIVED = {
-    "hour": lambda r: r.ts[:13],
-    "day": lambda r: r.ts[:10],
-    "month": lambda r: r.ts[:7],
-    "category": lambda r: category_of(r.mke),
-}
-RECORD_FIELDS = tuple(f for f in LogRecord.__struct_fields__ if f not in ("ts", "id", "seq"))
-BY_FIELDS = RECORD_FIELDS + ("group",) + tuple(DERIVED)
+#: What ``--by`` accepts: record fields, ``group`` (one count per group of the agency),
+#: ``category`` (of the key) and the timestamp's ``hour``, ``day`` and ``month``.
+TIME_FIELDS = ("hour", "day", "month")
+RECORD_FIELDS = tuple(f for f in LogRecord.__struct_fields__ if f not in ("ts", "id"))
+BY_FIELDS = RECORD_FIELDS + ("group", "category") + TIME_FIELDS
+_TS_LEN = {"hour": 13, "day": 10, "month": 7}
 
 _CATEGORY_OF = {k: name for name, keys in BUILTIN_CATEGORIES.items() for k in keys}
 
@@ -46,31 +43,58 @@ def parse_by(text: str) -> list[str]:
     return fields
 
 
-def _value(r: LogRecord, field: str):
-    if field in DERIVED:
-        return DERIVED[field](r)
+def needed_fields(by: list[str]) -> list[str]:
+    """The row fields that counting by ``by`` reads."""
+    need = []
+    for f in by:
+        need.append({"group": "groups", "category": "mke"}.get(f, f))
+    return list(dict.fromkeys(need))
+
+
+class _RecordRow:
+    """A record seen with the derived time fields, for the plain path."""
+
+    __slots__ = ("r",)
+
+    def __init__(self, r: LogRecord) -> None:
+        self.r = r
+
+    def __getattr__(self, name: str):
+        if name in _TS_LEN:
+            return self.r.ts[: _TS_LEN[name]]
+        return getattr(self.r, name)
+
+
+def record_rows(records: Iterable[LogRecord]) -> Iterable[tuple[object, int]]:
+    """Records as weighted rows: the plain path, one record at a time."""
+    return ((_RecordRow(r), 1) for r in records)
+
+
+def _value(r, field: str):
+    if field == "category":
+        return category_of(r.mke)
     v = getattr(r, field)
-    if isinstance(v, tuple):
+    if isinstance(v, (tuple, list)):
         return ",".join(v)
     return v
 
 
-def count_by(records: Iterable[LogRecord], fields: list[str]) -> Counter:
-    """Counts keyed by a tuple of the fields' values.  ``group`` counts a record once
-    for each group its agency is in (``(no group)`` when none)."""
+def count_by(rows: Iterable[tuple[object, int]], fields: list[str]) -> Counter:
+    """Counts keyed by a tuple of the fields' values.  ``group`` counts a row once for
+    each group its agency is in (``(no group)`` when none)."""
     counts: Counter = Counter()
     explode = "group" in fields
     gi = fields.index("group") if explode else -1
     others = [f for f in fields if f != "group"]
-    for r in records:
+    for r, n in rows:
         key = [_value(r, f) for f in others]
         if explode:
             for g in r.groups or (NO_GROUP,):
                 k = list(key)
                 k.insert(gi, g)
-                counts[tuple(k)] += 1
+                counts[tuple(k)] += n
         else:
-            counts[tuple(key)] += 1
+            counts[tuple(key)] += n
     return counts
 
 
@@ -90,51 +114,54 @@ class GroupReport(msgspec.Struct):
     responses_other: int = 0
 
 
-def disclosure(records: Iterable[LogRecord]) -> list[GroupReport]:
+DISCLOSURE_FIELDS = ["dir", "action", "groups", "forwarded", "mke", "imq"]
+
+
+def disclosure(rows: Iterable[tuple[object, int]]) -> list[GroupReport]:
     """Per agency group (and agencies in none): queries that arrived, allowed, denied;
     and responses that left the state to them, by kind of data.
 
     A response is an ``out`` message that was forwarded; its kind comes from its key
     (the built-in categories), and it counts as photo data when it carries IMQ.
     Rejected queries have no trustworthy agency and are counted on their own row."""
-    rows: dict[str, GroupReport] = {}
+    reports: dict[str, GroupReport] = {}
 
     def row(name: str) -> GroupReport:
-        rep = rows.get(name)
+        rep = reports.get(name)
         if rep is None:
-            rep = rows[name] = GroupReport(name)
+            rep = reports[name] = GroupReport(name)
         return rep
 
-    for r in records:
+    for r, n in rows:
         if r.action == "reject":
             if r.dir == "in":
-                row(UNIDENTIFIED).queries += 1
+                row(UNIDENTIFIED).queries += n
             continue
         for g in r.groups or (NO_GROUP,):
             rep = row(g)
             if r.dir == "in":
-                rep.queries += 1
+                rep.queries += n
                 if r.action == "allow":
-                    rep.allowed += 1
+                    rep.allowed += n
                 else:
-                    rep.denied += 1
+                    rep.denied += n
                     if r.forwarded:
-                        rep.denied_but_forwarded += 1
+                        rep.denied_but_forwarded += n
             elif r.forwarded:
                 cat = category_of(r.mke)
                 if cat == "dmv":
-                    rep.responses_dmv += 1
+                    rep.responses_dmv += n
                 elif cat == "chri":
-                    rep.responses_chri += 1
+                    rep.responses_chri += n
                 elif cat == "immigration":
-                    rep.responses_immigration += 1
+                    rep.responses_immigration += n
                 else:
-                    rep.responses_other += 1
+                    rep.responses_other += n
                 if r.imq:
-                    rep.responses_photo += 1
+                    rep.responses_photo += n
     special = (NO_GROUP, UNIDENTIFIED)
-    named = sorted((g for g in rows if g not in special))
-    return [rows[g] for g in named + [s for s in special if s in rows]]
+    named = sorted(g for g in reports if g not in special)
+    return [reports[g] for g in named + [s for s in special if s in reports]]
 
 
 DISCLOSURE_COLUMNS = (("group", "agency group"), ("queries", "queries"), ("allowed", "allowed"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from ._fastmatch import seal_scan
 from ._log import Seal, new_hasher
 from ._logfiles import SEAL_PREFIX, ZERO_HASH
 
@@ -122,15 +123,13 @@ class _Verifier:
         pos = 0
         while pos < end:
             if data.startswith(SEAL_PREFIX, pos):
-                seal_at = pos
-            else:
-                i = data.find(b"\n" + SEAL_PREFIX, pos, end)
-                seal_at = i + 1 if i >= 0 else end
+                seal_at, n = pos, 0
+            else:  # one pass in C: the next seal line, and the newlines before it
+                seal_at, n = seal_scan(data, pos, end)
             if seal_at > pos:  # decision lines in [pos, seal_at)
                 if self.block is None:
                     first = data[pos : data.find(b"\n", pos)]
                     self.block = _Block(index, lineno + 1, offset + pos, _line_seq(first))
-                n = data.count(b"\n", pos, seal_at)
                 self.hasher.update(view[pos:seal_at])
                 self.block_lines += n
                 r.lines += n

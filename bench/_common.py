@@ -1,0 +1,79 @@
+"""Shared by the benchmarks: machine description, medians, a realistic log."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}"
+
+
+def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def build_log(path: Path, lines: int, *, seal_every: int = 1000, seed: int = 1) -> int:
+    """A log of about ``lines`` decision lines from synthetic traffic through the real
+    engine and policy (in and out), written by the real sealed writer."""
+    from proxy._config import load_config
+    from proxy._demo import EXAMPLE_POLICY
+    from proxy._fastmatch import Engine, Matcher
+    from proxy._framing import frame
+    from proxy._log import DecisionLog
+    from proxy._pipeline import Sequencer, utc_timestamp
+    from proxy._policy import compile_policy
+    from proxy._traffic import TrafficGenerator, response_for
+
+    import random
+
+    policy = compile_policy(load_config(EXAMPLE_POLICY))
+    matcher = Matcher(policy)
+    seqr = Sequencer()
+    gen = TrafficGenerator(seed, policy.state, dhs_share=0.02, malformed_share=0.005)
+    rng = random.Random(seed)
+    # A pool of chunks, replayed with fresh timestamps until the log is long enough.
+    chunks_in, chunks_out = [], []
+    for _ in range(200):
+        qs = list(gen.queries(100))
+        chunks_in.append(b"".join(frame(q.payload, "len32") for q in qs))
+        outs = []
+        for q in qs:
+            if q.malformed:
+                continue
+            r = response_for(q.fmt, q.mke, q.ori, None, policy.local_ori, rng)
+            if r is not None:
+                outs.append(frame(r, "len32"))
+        chunks_out.append(b"".join(outs))
+    if path.exists():
+        path.unlink()
+    written = 0
+    with DecisionLog(path, seal_every=seal_every, rotate_bytes=1 << 40, fsync=False) as log:
+        i = 0
+        while written < lines:
+            for direction, chunk in (("in", chunks_in[i % 200]), ("out", chunks_out[i % 200])):
+                e = Engine(direction, 1 + i % 50, f"127.0.0.1:{40000 + i % 50}", "len32", 1 << 20,
+                           b"\r\n\x7f", seqr)  # fmt: skip
+                batch = e.feed(chunk, matcher, utc_timestamp())
+                log.write(batch.records)
+                written += len(batch.records)
+            i += 1
+    return written
