@@ -140,8 +140,12 @@ class DecisionLog:
         fsync: bool = True,
         warn: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sealed: bool = True,
     ) -> None:
+        """``sealed=False`` writes the same lines with no hashing and no seals; it
+        exists only as the baseline that bench/sealcost.py measures seals against."""
         self.path = Path(path)
+        self.sealed = sealed
         self.rotate_bytes = rotate_bytes
         self.seal_every = seal_every
         self.key = key
@@ -253,6 +257,11 @@ class DecisionLog:
         """Log a batch, sealing where due; all or nothing."""
         if not records:
             return
+        if not self.sealed:
+            self._write_all(self._encoder.encode_lines(records), self._state())
+            self.lines += len(records)
+            self.last_seq = records[-1].seq
+            return
         state = self._state()
         parts: list[bytes] = []
         sealed = 0
@@ -292,7 +301,7 @@ class DecisionLog:
 
     def seal(self) -> bool:
         """Write a seal now if any line is unsealed.  False if the write failed."""
-        if not self._pending:
+        if not self._pending or not self.sealed:
             return True
         state = self._state()
         try:

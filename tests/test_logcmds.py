@@ -374,3 +374,58 @@ async def test_rotation_under_concurrent_load_loses_no_line(tmp_path):
     assert seqs == list(range(1, len(seqs) + 1))
     assert sum(1 for s in seqs) == 8 * 500 + switch.responses_sent
     assert cli("verify", str(log_path)).returncode == 0
+
+
+def test_tail_follows_through_truncation_and_rotation_in_process(tmp_path):
+    """follow() itself, driven step by step: appended lines, a truncation in place,
+    a rotation by rename, and several rotations between two polls."""
+    import threading
+
+    from proxy._query import Query
+    from proxy._tail import Printer, follow
+
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=3, rotate_bytes=10**9, fsync=False)
+    seen: list[int] = []
+
+    class Out:
+        def write(self, text: str) -> None:
+            for line in text.splitlines():
+                seen.append(json.loads(line)["seq"])
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    printer = Printer(Query(), as_json=True, seals=False, out=Out())
+    stop = threading.Event()
+    t = threading.Thread(target=follow, args=(path,), kwargs=dict(printer=printer, stop=stop.is_set))
+    t.start()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    try:
+        time.sleep(0.3)
+        log.write([record(1), record(2)])
+        wait_for(2)
+        # truncated in place (copytruncate style), then written again from the start
+        os.truncate(path, 0)
+        log._size = 0
+        time.sleep(0.5)
+        log.write([record(3)])
+        wait_for(3)
+        # several in-process rotations before the follower polls again
+        log.rotate_bytes = 400
+        for s in range(4, 10):
+            log.write([record(s)])
+        wait_for(9)
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        log.close()
+    assert seen == list(range(1, 10))
