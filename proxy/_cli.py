@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.proxy.upstream:
         raise UserError(f"{args.config}: `proxy.upstream` is required to run")
     try:
-        trio.run(serve, config, args.config)
+        trio.run(serve, config, args.config, restrict_keyboard_interrupt_to_checkpoints=True)
     except OSError as exc:
         raise UserError(f"cannot start: {exc.strerror or exc}") from None
     return 0

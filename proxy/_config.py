@@ -63,6 +63,9 @@ class ProxyConfig(msgspec.Struct, forbid_unknown_fields=True):
     idle_timeout: PositiveNumber = 300.0
     max_connections: Positive = 64
     connect_timeout: PositiveNumber = 10.0
+    frame_timeout: PositiveNumber = 60.0
+    tls: TlsConfig | None = None
+    upstream_tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         _check_hostport("listen", self.listen)

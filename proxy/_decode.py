@@ -258,7 +258,8 @@ def parse_xml(payload: bytes) -> Element:
     """Parse with entity expansion and external entities forbidden."""
     try:
         return fromstring(payload, forbid_dtd=True)
-    except (ParseError, DefusedXmlException, ValueError) as exc:
+    except (ParseError, DefusedXmlException, ValueError, RecursionError, LookupError) as exc:
+        # LookupError: an encoding the declaration names that Python does not know
         raise Malformed(f"XML does not parse ({type(exc).__name__})") from None
 
 
@@ -313,7 +314,8 @@ class JsonMessage(msgspec.Struct, forbid_unknown_fields=True):
     rsn: str | None = None
     atn: str | None = None
     imq: bool | None = None
-    body: Any = None
+    # The body is personal data: skipped, never built into Python objects.
+    body: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 _json_decoder = msgspec.json.Decoder(JsonMessage)
@@ -325,8 +327,10 @@ def decode_json(payload: bytes) -> Message:
     except msgspec.ValidationError as exc:
         # msgspec's text names the field, never a value.
         raise Malformed(f"JSON: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise Malformed("JSON does not parse") from None
+    except RecursionError:
+        raise Malformed("JSON nested too deeply") from None
     return Message(
         fmt="json",
         mke=_check_mke(m.mke),

@@ -324,7 +324,13 @@ cdef class _Framer:
 
     @property
     def pending(self):
-        return len(self.buf) + self.skip + (self.skipped if self.skipped > 0 else 0)
+        """Bytes of a frame not yet complete and not yet decided."""
+        return len(self.buf) + (self.skipped if self.skipped > 0 else 0)
+
+    @property
+    def busy(self):
+        """Within a frame, including one being skipped."""
+        return len(self.buf) > 0 or self.skip > 0 or self.skipped >= 0
 
     cdef list feed(self, bytes data):
         if self.delimited:
@@ -408,7 +414,7 @@ def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminato
     out = []
     for c in chunks:
         out.extend(f.feed(bytes(c)))
-    return out, f.pending
+    return out, f.pending, f.busy
 
 
 # ----------------------------------------------------------------------- engine
@@ -424,6 +430,13 @@ class Batch:
         self.records = records
         self.forward = forward
         self.denials = denials
+
+
+cdef inline void _count(dict counts, str direction, str action, str rule):
+    """Decisions by (direction, action, rule), for the metrics endpoint."""
+    key = (direction, action, rule)
+    v = PyDict_GetItem(counts, key)
+    counts[key] = (<object> v) + 1 if v != NULL else 1
 
 
 cdef object _detect(bytes payload):
@@ -467,6 +480,10 @@ cdef class Engine:
     def pending(self):
         return self.framer.pending
 
+    @property
+    def busy(self):
+        return self.framer.busy
+
     def feed(self, bytes data, Matcher matcher, str ts):
         cdef list events = self.framer.feed(data)
         cdef list records = []
@@ -476,11 +493,13 @@ cdef class Engine:
         cdef int act
         cdef bint fwd
         cdef str action, rule, shadow
+        cdef dict counts
         if not events:
             return Batch(records, b"", denials)
         seqr = self.sequencer
         seq = seqr.seq
         n = seqr.decisions
+        counts = seqr.counts
         run = seqr.run_id
         rev = matcher.rev
         mode = matcher.mode
@@ -496,6 +515,7 @@ cdef class Engine:
                                          direction, None, None, None, None, None, None, None,
                                          None, None, None, (), "reject", "oversize", None,
                                          mode, False, rev, ev[1]))
+                _count(counts, direction, "reject", "oversize")
                 continue
             payload = <bytes> ev[1]
             fmt = _detect(payload)
@@ -513,6 +533,7 @@ cdef class Engine:
                                          direction, fmt, None, None, None, None, None, None,
                                          None, None, None, (), "reject", "malformed", None,
                                          mode, False, rev, len(payload)))
+                _count(counts, direction, "reject", "malformed")
                 continue
             act = matcher.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn,
                                    msg.atn is not None, msg.imq, self.dir_code)
@@ -525,6 +546,7 @@ cdef class Engine:
                             "deny" if act == ACT_DENY else "allow", rule, shadow, mode, fwd,
                             rev, len(payload))
             records.append(rec)
+            _count(counts, direction, rec.action, rule)
             if fwd:
                 forward.append(ev[2])
             elif answer:

@@ -29,7 +29,13 @@ class Framer(Protocol):
 
     @property
     def pending(self) -> int:
-        """Bytes held for a frame not yet complete (0 at a frame boundary)."""
+        """Bytes of a frame not yet complete and not yet decided (0 at a frame
+        boundary, and while skipping an oversize frame already reported)."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """Within a frame, including one being skipped."""
         ...
 
 
@@ -43,7 +49,11 @@ class Len32Framer:
 
     @property
     def pending(self) -> int:
-        return len(self._buf) + self._skip
+        return len(self._buf)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._buf) or self._skip > 0
 
     def feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -90,6 +100,10 @@ class DelimitedFramer:
     @property
     def pending(self) -> int:
         return len(self._buf) + max(self._skipped, 0)
+
+    @property
+    def busy(self) -> bool:
+        return self.pending > 0 or self._skipped >= 0
 
     def feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []

@@ -154,6 +154,7 @@ class DecisionLog:
         self.clock = clock
         self._encoder = msgspec.json.Encoder()
         self.errors = 0
+        self.broken = False  # the last write failed
         self.lines = 0
         self.seals = 0
         self.rotations = 0
@@ -250,8 +251,10 @@ class DecisionLog:
                 except OSError:
                     pass
             self._restore(state)
+            self.broken = True
             raise LogUnavailable(exc.errno, f"cannot write {self.path}: {exc.strerror}") from exc
         self._size += written
+        self.broken = False
 
     def write(self, records: list[LogRecord]) -> None:
         """Log a batch, sealing where due; all or nothing."""
@@ -335,11 +338,12 @@ class DecisionLog:
         self.rotations += 1
 
     def reopen(self) -> None:
-        """After an external rotation (logrotate ``create`` then SIGUSR1): seal what
-        went to the old file, then write to a fresh file at ``path``."""
+        """After an external rotation (logrotate ``create`` then SIGUSR1), or after a
+        failed write: seal what went to the old file, then write to ``path`` afresh."""
         self.seal()
-        os.close(self._fd)
-        self._fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._open()
 
     def close(self) -> None:

@@ -30,6 +30,8 @@ class Sequencer:
         self.seq = seq
         self.decisions = 0
         self.run_id = run_id or secrets.token_hex(6)
+        #: decisions by (direction, action, rule), read by the metrics endpoint
+        self.counts: dict[tuple[str, str, str], int] = {}
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -72,6 +74,10 @@ class ReferenceEngine:
     def pending(self) -> int:
         return self.framer.pending
 
+    @property
+    def busy(self) -> bool:
+        return self.framer.busy
+
     def _record(self, ts: str, policy: Policy, **fields: object) -> LogRecord:
         s = self.sequencer
         s.seq += 1
@@ -83,6 +89,8 @@ class ReferenceEngine:
             shadow=None, mode=policy.mode, rev=policy.rev,
         )  # fmt: skip
         base.update(fields)
+        key = (self.direction, base["action"], base["rule"])
+        s.counts[key] = s.counts.get(key, 0) + 1
         return LogRecord(**base)  # type: ignore[arg-type]
 
     def feed(self, data: bytes, policy: Policy, ts: str) -> Batch:
@@ -120,3 +128,16 @@ class ReferenceEngine:
             elif self.direction == "in" and policy.deny_reply:
                 denials.append((rec, payload))
         return Batch(records, b"".join(forward), denials)
+
+
+def incomplete_record(engine, sequencer: Sequencer, matcher, ts: str) -> LogRecord:
+    """The decision for a frame a closing connection cut off: rejected as
+    ``incomplete``, never forwarded; ``bytes`` is what had arrived of it."""
+    sequencer.seq += 1
+    sequencer.decisions += 1
+    key = (engine.direction, "reject", "incomplete")
+    sequencer.counts[key] = sequencer.counts.get(key, 0) + 1
+    return LogRecord(ts, f"{sequencer.run_id}-{sequencer.decisions:x}", sequencer.seq, engine.conn,
+                     engine.peer, engine.direction, None, None, None, None, None, None, None, None,
+                     None, None, (), "reject", "incomplete", None, matcher.mode, False, matcher.rev,
+                     engine.pending)  # fmt: skip

@@ -4,28 +4,35 @@ All protocol work happens in the compiled :class:`~proxy._fastmatch.Engine`; thi
 module only moves bytes.  For each received chunk it makes one call into the engine,
 writes the batch's log lines, and only then forwards the allowed bytes and sends any
 ER replies.  A chunk is decided wholly under one policy revision: the one current
-when the chunk arrived.
+when the chunk arrived.  Reading the next chunk waits until the last one has been
+sent on, so a slow reader on either side slows its sender (backpressure) instead of
+growing buffers.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from itertools import count
 
 import trio
 
-from ._config import Config, ConfigError, load_config
+from ._config import Config, ConfigError, TlsConfig, load_config
 from ._fastmatch import Engine, Matcher
 from ._log import DecisionLog, LogUnavailable, read_key
-from ._pipeline import Sequencer, utc_timestamp
+from ._metrics import Metrics, serve_admin
+from ._pipeline import Sequencer, incomplete_record, utc_timestamp
 from ._policy import compile_policy
 from ._reply import deny_reply
 
 RECEIVE_SIZE = 65536
 #: How long a forward may take once its decision is logged, even during shutdown.
 SEND_GRACE = 5.0
+#: How often the watchdog looks at idle connections and held-open partial frames.
+WATCH_EVERY = 0.25
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -35,6 +42,51 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 def _warn(message: str) -> None:
     print(f"stategate: {message}", file=sys.stderr, flush=True)
+
+
+def server_context(cfg: TlsConfig, where: str) -> ssl.SSLContext:
+    """The listen side's TLS: TLS 1.2 at least; client certificates checked against
+    ``ca`` when given, and required with ``require_client_cert``."""
+    if not cfg.cert or not cfg.key:
+        raise ConfigError(f"{where}: `cert` and `key` are required for TLS")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.cert, cfg.key)
+        if cfg.ca:
+            ctx.load_verify_locations(cfg.ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED if cfg.require_client_cert else ssl.CERT_OPTIONAL
+        elif cfg.require_client_cert:
+            raise ConfigError(f"{where}: `require_client_cert` needs `ca`")
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}: cannot load certificates: {exc}") from None
+    return ctx
+
+
+def client_context(cfg: TlsConfig, where: str) -> ssl.SSLContext:
+    """TLS toward the switch: its certificate checked against ``ca`` (else the system
+    store) and its name; our own certificate presented when ``cert`` is given."""
+    if cfg.require_client_cert:
+        raise ConfigError(f"{where}: `require_client_cert` applies to the listen side only")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if cfg.cert:
+            ctx.load_cert_chain(cfg.cert, cfg.key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}: cannot load certificates: {exc}") from None
+    return ctx
+
+
+class _Conn:
+    """What the watchdog needs to know about one connection."""
+
+    __slots__ = ("last_activity", "frame_since", "engines")
+
+    def __init__(self, now: float, engines: tuple[Engine, Engine]) -> None:
+        self.last_activity = now
+        self.frame_since: float | None = None
+        self.engines = engines
 
 
 class Proxy:
@@ -48,20 +100,31 @@ class Proxy:
         *,
         config_path: str | None = None,
         warn: Callable[[str], None] = _warn,
+        admin: bool = False,
     ) -> None:
+        where = config_path or "<config>"
         if not config.proxy.upstream:
-            raise ConfigError(f"{config_path or '<config>'}: `proxy.upstream` is required to run")
+            raise ConfigError(f"{where}: `proxy.upstream` is required to run")
         self.config = config
         self.matcher = matcher
         self.log = log
         self.config_path = config_path
         self.warn = warn
+        self.admin = admin
         self.sequencer = Sequencer(seq=log.last_seq)
         self.terminator = config.proxy.terminator.encode("latin-1")
+        self.listen_tls = server_context(config.proxy.tls, f"{where}: `proxy.tls`") if config.proxy.tls else None
+        self.upstream_tls = (client_context(config.proxy.upstream_tls, f"{where}: `proxy.upstream_tls`")
+                             if config.proxy.upstream_tls else None)  # fmt: skip
+        self.metrics = Metrics(self)
         self.open_connections = 0
         self.total_connections = 0
         self.refused_connections = 0
         self.upstream_errors = 0
+        self.tls_failures = 0
+        self.dropped_unlogged = 0
+        self.reloads = 0
+        self.admin_port = 0
         self._conn_ids = count(1)
         self.listeners: list[trio.SocketListener] = []
         self._stop = trio.Event()
@@ -81,12 +144,16 @@ class Proxy:
                 for listener in self.listeners:
                     accept.start_soon(self._accept_loop, listener, conns)
                 accept.start_soon(self._seal_ticker)
+                if self.admin:
+                    a_host, a_port = split_hostport(self.config.admin.listen)
+                    await accept.start(serve_admin, self, a_host, a_port)
                 task_status.started(self)
                 await self._stop.wait()
                 accept.cancel_scope.cancel()
             for listener in self.listeners:
                 await listener.aclose()
-            # Connections finish the chunk in hand; then they are closed.
+            # Connections finish the chunk in hand (its sends are shielded); then
+            # they are closed.
             conns.cancel_scope.cancel()
 
     def stop(self) -> None:
@@ -114,8 +181,17 @@ class Proxy:
             self.warn(f"reload refused, running policy {self.matcher.rev[:12]} kept: {exc}")
             return False
         self.matcher = matcher
-        self.warn(f"policy reloaded: rev {matcher.rev[:12]}")
+        self.reloads += 1
+        self.warn(f"policy reloaded: rev {matcher.rev[:12]} ({matcher.mode})")
         return True
+
+    def reopen_log(self) -> None:
+        try:
+            self.log.reopen()
+        except OSError as exc:
+            self.warn(f"cannot reopen the log {self.log.path}: {exc.strerror or exc}")
+        else:
+            self.warn(f"log reopened: {self.log.path}")
 
     async def handle_signals(self) -> None:
         signals = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -124,19 +200,14 @@ class Proxy:
                 if signum == signal.SIGHUP:
                     self.reload()
                 elif signum == signal.SIGUSR1:
-                    self._reopen_log()
-                else:
-                    self.warn("stopping: no new connections, finishing frames in flight")
+                    self.reopen_log()
+                elif not self._stop.is_set():
+                    self.warn("stopping: no new connections, finishing frames in flight "
+                              "(a second signal exits at once)")  # fmt: skip
                     self.stop()
-                    return
-
-    def _reopen_log(self) -> None:
-        try:
-            self.log.reopen()
-        except OSError as exc:
-            self.warn(f"cannot reopen the log {self.log.path}: {exc.strerror or exc}")
-        else:
-            self.warn(f"log reopened: {self.log.path}")
+                else:
+                    self.warn("second signal: exiting at once")
+                    os._exit(1)
 
     # -------------------------------------------------------------- connections
 
@@ -151,75 +222,136 @@ class Proxy:
         self.total_connections += 1
         conn = next(self._conn_ids)
         try:
-            host, port = client.socket.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = None
-        try:
-            up_host, up_port = split_hostport(proxy_cfg.upstream)
             try:
-                with trio.fail_after(proxy_cfg.connect_timeout):
-                    upstream = await trio.open_tcp_stream(up_host, up_port)
-            except (OSError, trio.TooSlowError) as exc:
-                self.upstream_errors += 1
-                self.warn(f"conn {conn}: upstream {proxy_cfg.upstream} unreachable ({exc}); closed")
-                await client.aclose()
+                host, port = client.socket.getpeername()[:2]
+                peer = f"{host}:{port}"
+            except OSError:
+                peer = None
+            listen_side: trio.abc.Stream = client
+            if self.listen_tls is not None:
+                listen_side = trio.SSLStream(client, self.listen_tls, server_side=True)
+                if not await self._handshake(listen_side, conn, f"client {peer}"):
+                    await trio.aclose_forcefully(client)
+                    return
+            upstream = await self._connect_upstream(conn)
+            if upstream is None:
+                await trio.aclose_forcefully(listen_side)
                 return
-            await self._pump_pair(conn, peer, client, upstream)
+            await self._pump_pair(conn, peer, listen_side, upstream)
         finally:
             self.open_connections -= 1
 
-    async def _pump_pair(
-        self, conn: int, peer: str | None, client: trio.SocketStream, upstream: trio.SocketStream
-    ) -> None:
+    async def _handshake(self, stream: trio.SSLStream, conn: int, who: str) -> bool:
+        try:
+            with trio.fail_after(self.config.proxy.connect_timeout):
+                await stream.do_handshake()
+            return True
+        except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
+            self.tls_failures += 1
+            cause = exc.__cause__ or exc
+            self.warn(f"conn {conn}: TLS handshake with {who} failed ({type(cause).__name__}: {cause}); closed")
+            return False
+
+    async def _connect_upstream(self, conn: int) -> trio.abc.Stream | None:
+        proxy_cfg = self.config.proxy
+        up_host, up_port = split_hostport(proxy_cfg.upstream)
+        try:
+            with trio.fail_after(proxy_cfg.connect_timeout):
+                upstream: trio.abc.Stream = await trio.open_tcp_stream(up_host, up_port)
+        except (OSError, trio.TooSlowError) as exc:
+            self.upstream_errors += 1
+            self.warn(f"conn {conn}: upstream {proxy_cfg.upstream} unreachable ({exc or 'timeout'}); "
+                      "client closed")  # fmt: skip
+            return None
+        if self.upstream_tls is not None:
+            upstream = trio.SSLStream(upstream, self.upstream_tls, server_hostname=up_host)
+            if not await self._handshake(upstream, conn, f"upstream {proxy_cfg.upstream}"):
+                self.upstream_errors += 1
+                await trio.aclose_forcefully(upstream)
+                return None
+        return upstream
+
+    async def _pump_pair(self, conn: int, peer: str | None, client: trio.abc.Stream,
+                         upstream: trio.abc.Stream) -> None:  # fmt: skip
         proxy_cfg = self.config.proxy
         args = (proxy_cfg.framing, proxy_cfg.max_frame, self.terminator, self.sequencer)
         engine_in = Engine("in", conn, peer, *args)
         engine_out = Engine("out", conn, peer, *args)
+        state = _Conn(trio.current_time(), (engine_in, engine_out))
         client_lock = trio.StrictFIFOLock()
         upstream_lock = trio.StrictFIFOLock()
-        activity = [trio.current_time()]
-        async with client, upstream:
-            async with trio.open_nursery() as nursery:
+        try:
+            async with client, upstream:
+                async with trio.open_nursery() as nursery:
 
-                async def pump(src, engine, dst, dst_lock, src_lock) -> None:
-                    try:
-                        await self._pump(src, engine, dst, dst_lock, src_lock, activity)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-                    nursery.cancel_scope.cancel()
+                    async def pump(src, engine, dst, dst_lock, src_lock) -> None:
+                        try:
+                            await self._pump(src, engine, dst, dst_lock, src_lock, state)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
+                        nursery.cancel_scope.cancel()
 
-                nursery.start_soon(pump, client, engine_in, upstream, upstream_lock, client_lock)
-                nursery.start_soon(pump, upstream, engine_out, client, client_lock, upstream_lock)
-                nursery.start_soon(self._idle_watch, activity, nursery.cancel_scope, conn)
+                    nursery.start_soon(pump, client, engine_in, upstream, upstream_lock, client_lock)
+                    nursery.start_soon(pump, upstream, engine_out, client, client_lock, upstream_lock)
+                    nursery.start_soon(self._watch, state, nursery.cancel_scope, conn)
+        finally:
+            self._log_incomplete(engine_in, engine_out)
 
-    async def _idle_watch(self, activity: list[float], scope: trio.CancelScope, conn: int) -> None:
-        timeout = self.config.proxy.idle_timeout
+    def _log_incomplete(self, *engines: Engine) -> None:
+        """A frame cut off by the close is logged as rejected, never forwarded."""
+        records = [incomplete_record(e, self.sequencer, self.matcher, utc_timestamp())
+                   for e in engines if e.pending]  # fmt: skip
+        if records:
+            try:
+                self.log.write(records)
+            except LogUnavailable as exc:
+                self.sequencer.seq -= len(records)
+                self.warn(f"{exc}; could not log {len(records)} incomplete frame(s)")
+
+    async def _watch(self, state: _Conn, scope: trio.CancelScope, conn: int) -> None:
+        """Close a connection idle for idle_timeout, or holding a partial frame open
+        for frame_timeout (a slowloris trickling bytes is not idle)."""
+        cfg = self.config.proxy
         while True:
-            deadline = activity[0] + timeout
-            if trio.current_time() >= deadline:
-                self.warn(f"conn {conn}: idle for {timeout:g}s; closed")
+            await trio.sleep(WATCH_EVERY)
+            now = trio.current_time()
+            if now - state.last_activity >= cfg.idle_timeout:
+                self.warn(f"conn {conn}: idle for {cfg.idle_timeout:g}s; closed")
                 scope.cancel()
                 return
-            await trio.sleep_until(deadline)
+            if state.frame_since is not None and now - state.frame_since >= cfg.frame_timeout:
+                self.warn(f"conn {conn}: a frame held incomplete for {cfg.frame_timeout:g}s; closed")
+                scope.cancel()
+                return
 
-    async def _pump(self, src, engine, dst, dst_lock, src_lock, activity) -> None:
+    async def _pump(self, src, engine, dst, dst_lock, src_lock, state: _Conn) -> None:
         proxy_cfg = self.config.proxy
+        log = self.log
         while True:
             data = await src.receive_some(RECEIVE_SIZE)
             if not data:
                 return
-            activity[0] = trio.current_time()
+            start = trio.current_time()
+            state.last_activity = start
             matcher = self.matcher
             batch = engine.feed(data, matcher, utc_timestamp())
+            e_in, e_out = state.engines
+            if e_in.busy or e_out.busy:
+                if state.frame_since is None:
+                    state.frame_since = start
+            else:
+                state.frame_since = None
             if not batch.records:
                 continue
             try:
-                self.log.write(batch.records)
-            except LogUnavailable as exc:
+                if log.broken:
+                    log.reopen()  # a log that failed may be writable again
+                log.write(batch.records)
+            except (LogUnavailable, OSError) as exc:
                 # Fail closed: none of this batch is forwarded or answered, and its
                 # sequence numbers are handed out again.
                 self.sequencer.seq -= len(batch.records)
+                self.dropped_unlogged += len(batch.records)
                 self.warn(f"{exc}; {len(batch.records)} message(s) dropped, not forwarded")
                 continue
             replies = b"".join(
@@ -234,23 +366,30 @@ class Proxy:
                 if replies:
                     async with src_lock:
                         await src.send_all(replies)
+            self.metrics.latency.observe(trio.current_time() - start)
             if scope.cancelled_caught:
                 raise trio.BrokenResourceError("send did not finish in time")
+
+
+def open_log(config: Config) -> DecisionLog:
+    cfg = config.log
+    return DecisionLog(cfg.path, rotate_bytes=cfg.rotate_bytes, seal_every=cfg.seal_every,
+                       key=read_key(cfg.key_file), fsync=cfg.fsync, warn=_warn)  # fmt: skip
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:
     """``stategate run``: the proxy with signal handling, until SIGTERM or SIGINT."""
     matcher = Matcher(compile_policy(config, config_path or "<config>"))
-    cfg = config.log
-    log = DecisionLog(cfg.path, rotate_bytes=cfg.rotate_bytes, seal_every=cfg.seal_every,
-                      key=read_key(cfg.key_file), fsync=cfg.fsync, warn=_warn)  # fmt: skip
-    with log:
-        proxy = Proxy(config, matcher, log, config_path=config_path)
+    with open_log(config) as log:
+        proxy = Proxy(config, matcher, log, config_path=config_path, admin=True)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy.handle_signals)
             await nursery.start(proxy.run)
-            host, _ = split_hostport(config.proxy.listen)
             _warn(
-                f"listening on {host}:{proxy.port}, upstream {config.proxy.upstream}, "
-                f"policy rev {matcher.rev[:12]} ({matcher.mode}), log {config.log.path}"
+                f"listening on {config.proxy.listen} (port {proxy.port}{', TLS' if proxy.listen_tls else ''}), "
+                f"upstream {config.proxy.upstream}{' (TLS)' if proxy.upstream_tls else ''}, "
+                f"policy rev {matcher.rev[:12]} ({matcher.mode}), log {config.log.path}, "
+                f"admin http://{config.admin.listen}/metrics"
             )
-            await proxy.handle_signals()
+            await proxy._stop.wait()
+            nursery.cancel_scope.cancel()

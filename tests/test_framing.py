@@ -30,7 +30,7 @@ def run_python(framing: str, max_frame: int, chunks: list[bytes]):
     events = []
     for c in chunks:
         events.extend(f.feed(c))
-    return events, f.pending
+    return events, f.pending, f.busy
 
 
 def run_compiled(framing: str, max_frame: int, chunks: list[bytes]):
@@ -42,13 +42,13 @@ def run_compiled(framing: str, max_frame: int, chunks: list[bytes]):
 def test_split_and_joined_chunks_give_the_same_frames(run, framing):
     payloads = [b"DQ.AZ0000000.CA.TXT\nOLN/S1", b"x" * 300, b"AM.NLNLEHELP\n1\n2\nTXT\nHI"]
     stream = b"".join(frame(p, framing, TERM) for p in payloads)
-    joined, _ = run(framing, 1024, [stream])
+    joined, _, _ = run(framing, 1024, [stream])
     assert [e[1] for e in joined] == payloads
     assert [e[2] for e in joined] == [frame(p, framing, TERM) for p in payloads]
     for size in (1, 2, 3, 5, 7, 64):
-        split, pending = run(framing, 1024, chunked(stream, [size]))
+        split, pending, busy = run(framing, 1024, chunked(stream, [size]))
         assert split == joined
-        assert pending == 0
+        assert (pending, busy) == (0, False)
 
 
 @pytest.mark.parametrize("run", [run_python, run_compiled], ids=["python", "compiled"])
@@ -56,27 +56,30 @@ def test_len32_oversize_is_skipped_and_the_next_frame_works(run):
     big = b"B" * 5000
     stream = frame(big, "len32") + frame(b"next", "len32")
     for size in (1, 100, 10_000):
-        events, pending = run("len32", 1000, chunked(stream, [size]))
+        events, pending, busy = run("len32", 1000, chunked(stream, [size]))
         assert events == [("oversize", 5000), ("frame", b"next", frame(b"next", "len32"))]
-        assert pending == 0
+        assert (pending, busy) == (0, False)
 
 
 def test_len32_oversize_is_not_buffered():
     f = Len32Framer(1000)
-    f.feed((10**9).to_bytes(4, "big"))
+    assert f.feed((10**9).to_bytes(4, "big")) == [("oversize", 10**9)]
     for _ in range(100):
         f.feed(b"x" * 10_000)
-    # Nothing of the discarded payload is held; only the count still to skip.
-    assert len(f._buf) == 0
+    # Nothing of the discarded payload is held; it is reported, so not pending, but
+    # the connection is still inside it.
+    assert (len(f._buf), f.pending, f.busy) == (0, 0, True)
+    events, pending, busy = run_compiled("len32", 1000, [(10**9).to_bytes(4, "big"), b"x" * 10_000])
+    assert (events, pending, busy) == ([("oversize", 10**9)], 0, True)
 
 
 @pytest.mark.parametrize("run", [run_python, run_compiled], ids=["python", "compiled"])
 def test_delimited_oversize_is_skipped_and_the_next_frame_works(run):
     stream = b"B" * 5000 + TERM + b"next" + TERM
     for size in (1, 2, 100, 10_000):
-        events, pending = run("delimited", 1000, chunked(stream, [size]))
+        events, pending, busy = run("delimited", 1000, chunked(stream, [size]))
         assert events == [("oversize", 5000), ("frame", b"next", b"next" + TERM)]
-        assert pending == 0
+        assert (pending, busy) == (0, False)
 
 
 def test_delimited_discards_while_waiting_for_the_terminator():
