@@ -29,7 +29,8 @@ from ._policy import compile_policy
 from ._reply import deny_reply
 
 RECEIVE_SIZE = 65536
-#: How long a forward may take once its decision is logged, even during shutdown.
+#: When a connection is closed (shutdown, idle, frame timeout), how long a forward
+#: already under way may still take to finish its frames.
 SEND_GRACE = 5.0
 #: How often the watchdog looks at idle connections and held-open partial frames.
 WATCH_EVERY = 0.25
@@ -79,14 +80,25 @@ def client_context(cfg: TlsConfig, where: str) -> ssl.SSLContext:
 
 
 class _Conn:
-    """What the watchdog needs to know about one connection."""
+    """One connection's state for the watchdog and for closing it."""
 
-    __slots__ = ("last_activity", "frame_since", "engines")
+    __slots__ = ("last_activity", "frame_since", "engines", "scope", "sends")
 
     def __init__(self, now: float, engines: tuple[Engine, Engine]) -> None:
         self.last_activity = now
         self.frame_since: float | None = None
         self.engines = engines
+        self.scope: trio.CancelScope | None = None
+        #: Sends under way.  A decided, logged frame is sent whole: its send is
+        #: shielded from cancellation, and only a close gives it a deadline.
+        self.sends: set[trio.CancelScope] = set()
+
+    def close(self, grace: float) -> None:
+        deadline = trio.current_time() + grace
+        for send in self.sends:
+            send.deadline = min(send.deadline, deadline)
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class Proxy:
@@ -126,6 +138,7 @@ class Proxy:
         self.reloads = 0
         self.admin_port = 0
         self._conn_ids = count(1)
+        self._conns: set[_Conn] = set()
         self.listeners: list[trio.SocketListener] = []
         self._stop = trio.Event()
 
@@ -140,21 +153,27 @@ class Proxy:
         host, port = split_hostport(self.config.proxy.listen)
         self.listeners = await trio.open_tcp_listeners(port, host=host or None)
         async with trio.open_nursery() as conns:
-            async with trio.open_nursery() as accept:
+            try:
+                async with trio.open_nursery() as accept:
+                    for listener in self.listeners:
+                        accept.start_soon(self._accept_loop, listener, conns)
+                    accept.start_soon(self._seal_ticker)
+                    if self.admin:
+                        a_host, a_port = split_hostport(self.config.admin.listen)
+                        await accept.start(serve_admin, self, a_host, a_port)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    accept.cancel_scope.cancel()
+            finally:
+                # Stopped, or cancelled from outside: either way no new connections,
+                # and each connection's sends under way get SEND_GRACE to finish the
+                # chunk in hand (they are shielded and would otherwise wait forever).
                 for listener in self.listeners:
-                    accept.start_soon(self._accept_loop, listener, conns)
-                accept.start_soon(self._seal_ticker)
-                if self.admin:
-                    a_host, a_port = split_hostport(self.config.admin.listen)
-                    await accept.start(serve_admin, self, a_host, a_port)
-                task_status.started(self)
-                await self._stop.wait()
-                accept.cancel_scope.cancel()
-            for listener in self.listeners:
-                await listener.aclose()
-            # Connections finish the chunk in hand (its sends are shielded); then
-            # they are closed.
-            conns.cancel_scope.cancel()
+                    with trio.CancelScope(shield=True):
+                        await listener.aclose()
+                for state in list(self._conns):
+                    state.close(SEND_GRACE)
+                conns.cancel_scope.cancel()
 
     def stop(self) -> None:
         self._stop.set()
@@ -280,9 +299,11 @@ class Proxy:
         state = _Conn(trio.current_time(), (engine_in, engine_out))
         client_lock = trio.StrictFIFOLock()
         upstream_lock = trio.StrictFIFOLock()
+        self._conns.add(state)
         try:
             async with client, upstream:
                 async with trio.open_nursery() as nursery:
+                    state.scope = nursery.cancel_scope
 
                     async def pump(src, engine, dst, dst_lock, src_lock) -> None:
                         try:
@@ -293,8 +314,9 @@ class Proxy:
 
                     nursery.start_soon(pump, client, engine_in, upstream, upstream_lock, client_lock)
                     nursery.start_soon(pump, upstream, engine_out, client, client_lock, upstream_lock)
-                    nursery.start_soon(self._watch, state, nursery.cancel_scope, conn)
+                    nursery.start_soon(self._watch, state, conn)
         finally:
+            self._conns.discard(state)
             self._log_incomplete(engine_in, engine_out)
 
     def _log_incomplete(self, *engines: Engine) -> None:
@@ -308,8 +330,9 @@ class Proxy:
                 self.sequencer.seq -= len(records)
                 self.warn(f"{exc}; could not log {len(records)} incomplete frame(s)")
 
-    async def _watch(self, state: _Conn, scope: trio.CancelScope, conn: int) -> None:
-        """Close a connection idle for idle_timeout, or holding a partial frame open
+    async def _watch(self, state: _Conn, conn: int) -> None:
+        """Close a connection idle for idle_timeout (nothing received either way,
+        which includes a reader that stopped reading), or holding a partial frame open
         for frame_timeout (a slowloris trickling bytes is not idle)."""
         cfg = self.config.proxy
         while True:
@@ -317,11 +340,11 @@ class Proxy:
             now = trio.current_time()
             if now - state.last_activity >= cfg.idle_timeout:
                 self.warn(f"conn {conn}: idle for {cfg.idle_timeout:g}s; closed")
-                scope.cancel()
+                state.close(0)
                 return
             if state.frame_since is not None and now - state.frame_since >= cfg.frame_timeout:
                 self.warn(f"conn {conn}: a frame held incomplete for {cfg.frame_timeout:g}s; closed")
-                scope.cancel()
+                state.close(0)
                 return
 
     async def _pump(self, src, engine, dst, dst_lock, src_lock, state: _Conn) -> None:
@@ -359,16 +382,19 @@ class Proxy:
                 for rec, payload in batch.denials
             )
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + SEND_GRACE
-                if batch.forward:
-                    async with dst_lock:
-                        await dst.send_all(batch.forward)
-                if replies:
-                    async with src_lock:
-                        await src.send_all(replies)
+                state.sends.add(scope)
+                try:
+                    if batch.forward:
+                        async with dst_lock:
+                            await dst.send_all(batch.forward)
+                    if replies:
+                        async with src_lock:
+                            await src.send_all(replies)
+                finally:
+                    state.sends.discard(scope)
             self.metrics.latency.observe(trio.current_time() - start)
             if scope.cancelled_caught:
-                raise trio.BrokenResourceError("send did not finish in time")
+                raise trio.BrokenResourceError("send did not finish before the close")
 
 
 def open_log(config: Config) -> DecisionLog:

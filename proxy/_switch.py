@@ -32,6 +32,7 @@ class SimulatedSwitch:
         self.answer = answer
         self.rng = random.Random(seed)
         self.received: list[bytes] = []  # raw frames, in arrival order
+        self.by_conn: list[list[bytes]] = []  # raw frames per connection, in order
         self.raw_bytes = bytearray()  # everything received, unframed
         self.responses_sent = 0
         self.connections = 0
@@ -46,6 +47,8 @@ class SimulatedSwitch:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
+        mine: list[bytes] = []
+        self.by_conn.append(mine)
         framer = make_framer(self.framing, 1 << 24, self.terminator)
         async with stream:
             try:
@@ -56,6 +59,7 @@ class SimulatedSwitch:
                         if event[0] != "frame":
                             continue
                         self.received.append(event[2])
+                        mine.append(event[2])
                         reply = self._respond(event[1])
                         if reply is not None:
                             out.append(frame(reply, self.framing, self.terminator))

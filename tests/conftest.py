@@ -139,20 +139,25 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running_proxy(tmp_path: Path, text: str, *, framing: str = "len32",
-                        answer: bool = True, proxy_extra: str = ""):  # fmt: skip
-    """Switch and proxy on loopback with ephemeral ports."""
+                        answer: bool = True, proxy_extra: str = "", upstream_port: int | None = None,
+                        log_path: Path | None = None, config_path: str | None = None,
+                        warnings: list[str] | None = None):  # fmt: skip
+    """Switch and proxy (with its admin endpoint) on loopback with ephemeral ports.
+    ``upstream_port`` points the proxy at another upstream instead of the switch."""
     terminator = b"\r\n\x7f"
     switch = SimulatedSwitch(framing=framing, terminator=terminator, answer=answer)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(switch.run)
         full = (
-            f'[proxy]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:{port}"\n'
-            f'framing = "{framing}"\n{proxy_extra}\n' + text
+            f'[proxy]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:{upstream_port or port}"\n'
+            f'framing = "{framing}"\n{proxy_extra}\n[admin]\nlisten = "127.0.0.1:0"\n' + text
         )
         config = parse_config(full, "test.toml")
-        log_path = tmp_path / "decisions.jsonl"
-        with DecisionLog(log_path) as log:
-            proxy = Proxy(config, Matcher(compile_policy(config)), log)
+        log_path = log_path or tmp_path / "decisions.jsonl"
+        warn = warnings.append if warnings is not None else (lambda m: None)
+        with DecisionLog(log_path, fsync=False, warn=warn) as log:
+            proxy = Proxy(config, Matcher(compile_policy(config)), log, admin=True,
+                          config_path=config_path, warn=warn)  # fmt: skip
             await nursery.start(proxy.run)
             try:
                 yield Harness(proxy, switch, log_path, framing, terminator)
