@@ -52,6 +52,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     config, policy = _load(args.config)
     fast.Matcher(policy)  # the policy compiles into the matcher too
     from ._describe import describe_policy
+    from ._server import tls_contexts
+
+    tls_contexts(config, args.config)  # certificates and keys load
 
     print(describe_policy(config, policy, matcher=f"compiled ({Path(fast.__file__).name})"))
     return 0

@@ -33,6 +33,23 @@ def describe_rule(rule: Rule, categories: dict[str, tuple[str, ...]]) -> list[st
     return lines
 
 
+def _listen_tls(config: Config) -> str:
+    tls = config.proxy.tls
+    if tls is None:
+        return "off"
+    if not tls.ca:
+        return "on"
+    return "on, client certificates " + ("required" if tls.require_client_cert else "checked when sent")
+
+
+def _upstream_tls(config: Config) -> str:
+    tls = config.proxy.upstream_tls
+    if tls is None:
+        return "off"
+    return f"on, switch checked against {tls.ca or 'the system store'}" + (
+        ", our certificate presented" if tls.cert else "")
+
+
 def describe_policy(config: Config, policy: Policy, *, matcher: str) -> str:
     out = [
         f"config ok: policy rev {policy.rev}",
@@ -41,6 +58,7 @@ def describe_policy(config: Config, policy: Policy, *, matcher: str) -> str:
         f"default {policy.default}, deny replies {'on' if policy.deny_reply else 'off'}",
         f"proxy: listen {config.proxy.listen} -> upstream {config.proxy.upstream or '(not set)'}, "
         f"framing {config.proxy.framing}, max_frame {config.proxy.max_frame}",
+        f"tls: listen {_listen_tls(config)}; upstream {_upstream_tls(config)}",
         f"log: {config.log.path}",
         "",
         f"groups ({len(policy.groups)}):",

@@ -79,6 +79,14 @@ def client_context(cfg: TlsConfig, where: str) -> ssl.SSLContext:
     return ctx
 
 
+def tls_contexts(config: Config, where: str) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The listen side's and the upstream side's TLS contexts (None where plain TCP);
+    a missing or unreadable certificate is a ConfigError naming the section."""
+    tls, up = config.proxy.tls, config.proxy.upstream_tls
+    return (server_context(tls, f"{where}: `proxy.tls`") if tls else None,
+            client_context(up, f"{where}: `proxy.upstream_tls`") if up else None)  # fmt: skip
+
+
 class _Conn:
     """One connection's state for the watchdog and for closing it."""
 
@@ -125,9 +133,7 @@ class Proxy:
         self.admin = admin
         self.sequencer = Sequencer(seq=log.last_seq)
         self.terminator = config.proxy.terminator.encode("latin-1")
-        self.listen_tls = server_context(config.proxy.tls, f"{where}: `proxy.tls`") if config.proxy.tls else None
-        self.upstream_tls = (client_context(config.proxy.upstream_tls, f"{where}: `proxy.upstream_tls`")
-                             if config.proxy.upstream_tls else None)  # fmt: skip
+        self.listen_tls, self.upstream_tls = tls_contexts(config, where)
         self.metrics = Metrics(self)
         self.open_connections = 0
         self.total_connections = 0

@@ -9,6 +9,7 @@ exactly what the proxy let through.
 from __future__ import annotations
 
 import random
+import ssl
 
 import trio
 
@@ -25,11 +26,13 @@ class SimulatedSwitch:
         state_ori: str = "CA0000000",
         seed: int = 0,
         answer: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.framing = framing
         self.terminator = terminator
         self.state_ori = state_ori
         self.answer = answer
+        self.tls = tls  # serve TLS with this server-side context
         self.rng = random.Random(seed)
         self.received: list[bytes] = []  # raw frames, in arrival order
         self.by_conn: list[list[bytes]] = []  # raw frames per connection, in order
@@ -45,7 +48,9 @@ class SimulatedSwitch:
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        if self.tls is not None:
+            stream = trio.SSLStream(stream, self.tls, server_side=True)
         self.connections += 1
         mine: list[bytes] = []
         self.by_conn.append(mine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from pathlib import Path
 
 import msgspec
@@ -75,10 +76,22 @@ def read_log(path: Path, seals: bool = False) -> list[dict]:
     return lines if seals else [r for r in lines if "seal" not in r]
 
 
+async def eof_within(stream: trio.abc.Stream, seconds: float) -> bool:
+    """True if the peer closes within ``seconds`` (data before the close is ignored)."""
+    with trio.move_on_after(seconds):
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+    return False
+
+
 class Client:
     """A test peer on the Nlets side: sends frames, collects what comes back."""
 
-    def __init__(self, stream: trio.SocketStream, framing: str, terminator: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, framing: str, terminator: bytes) -> None:
         self.stream = stream
         self.framing = framing
         self.terminator = terminator
@@ -122,8 +135,11 @@ class Harness:
         self.terminator = terminator
 
     @contextlib.asynccontextmanager
-    async def client(self):
-        stream = await trio.open_tcp_stream("127.0.0.1", self.proxy.port)
+    async def client(self, tls: ssl.SSLContext | None = None):
+        """A connection to the proxy; over TLS with ``tls`` (a client context)."""
+        stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", self.proxy.port)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname="localhost")
         async with stream:
             yield Client(stream, self.framing, self.terminator)
 
@@ -141,11 +157,13 @@ class Harness:
 async def running_proxy(tmp_path: Path, text: str, *, framing: str = "len32",
                         answer: bool = True, proxy_extra: str = "", upstream_port: int | None = None,
                         log_path: Path | None = None, config_path: str | None = None,
-                        warnings: list[str] | None = None):  # fmt: skip
+                        warnings: list[str] | None = None,
+                        switch_tls: ssl.SSLContext | None = None):  # fmt: skip
     """Switch and proxy (with its admin endpoint) on loopback with ephemeral ports.
-    ``upstream_port`` points the proxy at another upstream instead of the switch."""
+    ``upstream_port`` points the proxy at another upstream instead of the switch;
+    ``switch_tls`` makes the switch serve TLS."""
     terminator = b"\r\n\x7f"
-    switch = SimulatedSwitch(framing=framing, terminator=terminator, answer=answer)
+    switch = SimulatedSwitch(framing=framing, terminator=terminator, answer=answer, tls=switch_tls)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(switch.run)
         full = (

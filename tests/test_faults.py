@@ -15,7 +15,7 @@ from proxy._framing import frame
 from proxy._policy import compile_policy
 from proxy._traffic import TrafficGenerator
 
-from .conftest import policy_text, read_log, running_proxy
+from .conftest import eof_within, policy_text, read_log, running_proxy
 
 Q = b"RQ.AZ0070000.CA.*C1.TXT\nLIC/ZZ12345"
 DENIED = b"DQ.VTICE0900.CA.*C2.TXT\nOLN/S1234567"
@@ -31,18 +31,6 @@ async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, byte
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
-
-
-async def eof_within(stream: trio.abc.Stream, seconds: float) -> bool:
-    """True if the peer closes within ``seconds`` (data before the close is ignored)."""
-    with trio.move_on_after(seconds):
-        try:
-            while await stream.receive_some(65536):
-                pass
-        except trio.BrokenResourceError:
-            pass
-        return True
-    return False
 
 
 async def test_metrics_and_healthz(tmp_path):
