@@ -151,8 +151,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     from ._logfiles import expand
     from ._scan import weighted_rows
-    from ._stats import (DISCLOSURE_COLUMNS, DISCLOSURE_FIELDS, count_by, disclosure,
-                         needed_fields, parse_by, render_csv, render_table)  # fmt: skip
+    from ._stats import (
+        DISCLOSURE_COLUMNS,
+        DISCLOSURE_FIELDS,
+        count_by,
+        disclosure,
+        needed_fields,
+        parse_by,
+        render_csv,
+        render_table,
+    )
 
     query = _filter(args)
     files = expand(args.logs or [_log_arg(args)])

@@ -90,9 +90,10 @@ def tls_contexts(config: Config, where: str) -> tuple[ssl.SSLContext | None, ssl
 class _Conn:
     """One connection's state for the watchdog and for closing it."""
 
-    __slots__ = ("last_activity", "frame_since", "engines", "scope", "sends")
+    __slots__ = ("conn", "last_activity", "frame_since", "engines", "scope", "sends")
 
-    def __init__(self, now: float, engines: tuple[Engine, Engine]) -> None:
+    def __init__(self, conn: int, now: float, engines: tuple[Engine, Engine]) -> None:
+        self.conn = conn
         self.last_activity = now
         self.frame_since: float | None = None
         self.engines = engines
@@ -302,7 +303,7 @@ class Proxy:
         args = (proxy_cfg.framing, proxy_cfg.max_frame, self.terminator, self.sequencer)
         engine_in = Engine("in", conn, peer, *args)
         engine_out = Engine("out", conn, peer, *args)
-        state = _Conn(trio.current_time(), (engine_in, engine_out))
+        state = _Conn(conn, trio.current_time(), (engine_in, engine_out))
         client_lock = trio.StrictFIFOLock()
         upstream_lock = trio.StrictFIFOLock()
         self._conns.add(state)
@@ -400,6 +401,8 @@ class Proxy:
                     state.sends.discard(scope)
             self.metrics.latency.observe(trio.current_time() - start)
             if scope.cancelled_caught:
+                self.warn(f"conn {state.conn}: closed before a send of {len(batch.records)} decided "
+                          "message(s) finished; the receiver may hold only part of it")  # fmt: skip
                 raise trio.BrokenResourceError("send did not finish before the close")
 
 
@@ -415,13 +418,15 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     with open_log(config) as log:
         proxy = Proxy(config, matcher, log, config_path=config_path, admin=True)
         async with trio.open_nursery() as nursery:
+            # Signals stay handled until the proxy has drained, so a second one
+            # during the drain still means "exit at once".
             nursery.start_soon(proxy.handle_signals)
-            await nursery.start(proxy.run)
-            _warn(
-                f"listening on {config.proxy.listen} (port {proxy.port}{', TLS' if proxy.listen_tls else ''}), "
-                f"upstream {config.proxy.upstream}{' (TLS)' if proxy.upstream_tls else ''}, "
-                f"policy rev {matcher.rev[:12]} ({matcher.mode}), log {config.log.path}, "
-                f"admin http://{config.admin.listen}/metrics"
-            )
-            await proxy._stop.wait()
+            async with trio.open_nursery() as serving:
+                await serving.start(proxy.run)
+                _warn(
+                    f"listening on {config.proxy.listen} (port {proxy.port}{', TLS' if proxy.listen_tls else ''}), "
+                    f"upstream {config.proxy.upstream}{' (TLS)' if proxy.upstream_tls else ''}, "
+                    f"policy rev {matcher.rev[:12]} ({matcher.mode}), log {config.log.path}, "
+                    f"admin http://{config.admin.listen}/metrics"
+                )
             nursery.cancel_scope.cancel()

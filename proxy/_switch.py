@@ -8,6 +8,7 @@ exactly what the proxy let through.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import ssl
 
@@ -27,6 +28,7 @@ class SimulatedSwitch:
         seed: int = 0,
         answer: bool = True,
         tls: ssl.SSLContext | None = None,
+        keep_frames: bool = True,
     ) -> None:
         self.framing = framing
         self.terminator = terminator
@@ -35,7 +37,11 @@ class SimulatedSwitch:
         self.tls = tls  # serve TLS with this server-side context
         self.rng = random.Random(seed)
         self.received: list[bytes] = []  # raw frames, in arrival order
+        self.keep_frames = keep_frames  # False: only counts and digests (long soaks)
         self.by_conn: list[list[bytes]] = []  # raw frames per connection, in order
+        #: SHA-256 of each connection's raw frames, in arrival order.
+        self.digests: list[hashlib._Hash] = []
+        self.frames_received = 0
         self.raw_bytes = bytearray()  # everything received, unframed
         self.responses_sent = 0
         self.connections = 0
@@ -54,17 +60,23 @@ class SimulatedSwitch:
         self.connections += 1
         mine: list[bytes] = []
         self.by_conn.append(mine)
+        digest = hashlib.sha256()
+        self.digests.append(digest)
         framer = make_framer(self.framing, 1 << 24, self.terminator)
         async with stream:
             try:
                 while data := await stream.receive_some(65536):
-                    self.raw_bytes += data
+                    if self.keep_frames:
+                        self.raw_bytes += data
                     out = []
                     for event in framer.feed(data):
                         if event[0] != "frame":
                             continue
-                        self.received.append(event[2])
-                        mine.append(event[2])
+                        self.frames_received += 1
+                        digest.update(event[2])
+                        if self.keep_frames:
+                            self.received.append(event[2])
+                            mine.append(event[2])
                         reply = self._respond(event[1])
                         if reply is not None:
                             out.append(frame(reply, self.framing, self.terminator))

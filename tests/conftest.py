@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import sys
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
+from proxy._fastmatch import Matcher
 
 from proxy._config import parse_config
-from proxy._fastmatch import Matcher
 from proxy._framing import frame, make_framer
 from proxy._log import DecisionLog
 from proxy._policy import compile_policy
@@ -58,6 +61,26 @@ mke = ["@chri"]
 purpose = ["none"]
 why = "purpose required"
 """
+
+
+CLI = [sys.executable, "-m", "proxy"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(port: int, deadline: float) -> socket.socket:
+    """Connect to a process still starting up, retrying until ``deadline``."""
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def policy_text(mode: str = "enforce", extra: str = "") -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,9 +15,7 @@ import pytest
 from proxy._demo import EXAMPLE_POLICY
 from proxy._framing import frame
 
-from .conftest import policy_text, read_log
-
-CLI = [sys.executable, "-m", "proxy"]
+from .conftest import CLI, connect, free_port, policy_text, read_log
 
 
 def run(*args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 60):
@@ -85,28 +82,12 @@ def test_decide_prints_the_log_line(tmp_path):
     assert msgspec.json.decode(result.stdout)["rule"] == "malformed"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _connect(port: int, deadline: float) -> socket.socket:
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=5)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def test_run_serves_reloads_on_sighup_and_exits_0_on_sigterm(tmp_path):
     # A bare upstream that accepts and records.
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))
     upstream.listen()
-    listen_port = _free_port()
+    listen_port = free_port()
     log_path = tmp_path / "log" / "decisions.jsonl"
     config = tmp_path / "stategate.toml"
     body = policy_text()
@@ -116,7 +97,7 @@ def test_run_serves_reloads_on_sighup_and_exits_0_on_sigterm(tmp_path):
     )
     proc = subprocess.Popen([*CLI, "run", "-c", str(config)], stderr=subprocess.PIPE)
     try:
-        client = _connect(listen_port, time.monotonic() + 15)
+        client = connect(listen_port, time.monotonic() + 15)
         up, _ = upstream.accept()
         up.settimeout(5)
         q = b"RQ.AZ0070000.CA.TXT\nLIC/ZZ12345"

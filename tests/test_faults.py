@@ -7,10 +7,10 @@ import random
 from functools import partial
 
 import trio
+from proxy._fastmatch import Matcher
 
 from proxy._config import parse_config
 from proxy._decode import decode
-from proxy._fastmatch import Matcher
 from proxy._framing import frame
 from proxy._policy import compile_policy
 from proxy._traffic import TrafficGenerator

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import msgspec
 import pytest
 import trio
 
@@ -24,9 +23,7 @@ from proxy._switch import SimulatedSwitch
 from proxy._traffic import TrafficGenerator
 from proxy._types import LogRecord
 
-from .conftest import policy_text, read_log
-
-CLI = [sys.executable, "-m", "proxy"]
+from .conftest import CLI, policy_text, read_log
 
 
 def cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:

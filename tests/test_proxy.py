@@ -3,7 +3,6 @@ recording switch upstream (SPEC sections 2-6)."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 import trio
 

@@ -9,10 +9,9 @@ import pytest
 import trio
 import trustme
 
+from proxy._cli import main
 from proxy._config import ConfigError, parse_config
 from proxy._server import client_context, server_context
-
-from proxy._cli import main
 
 from .conftest import eof_within, policy_text, running_proxy
 
