@@ -111,6 +111,18 @@ async def eof_within(stream: trio.abc.Stream, seconds: float) -> bool:
     return False
 
 
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 class Client:
     """A test peer on the Nlets side: sends frames, collects what comes back."""
 

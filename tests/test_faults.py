@@ -15,22 +15,10 @@ from proxy._framing import frame
 from proxy._policy import compile_policy
 from proxy._traffic import TrafficGenerator
 
-from .conftest import eof_within, policy_text, read_log, running_proxy
+from .conftest import eof_within, http_get, policy_text, read_log, running_proxy
 
 Q = b"RQ.AZ0070000.CA.*C1.TXT\nLIC/ZZ12345"
 DENIED = b"DQ.VTICE0900.CA.*C2.TXT\nOLN/S1234567"
-
-
-async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def test_metrics_and_healthz(tmp_path):
@@ -200,6 +188,7 @@ async def test_unwritable_log_fails_closed_and_resumes(tmp_path):
             _, body = await http_get(h.proxy.admin_port, "/metrics")
             assert "stategate_log_errors_total 1.0" in body.decode()
             assert "stategate_messages_dropped_unlogged_total 1.0" in body.decode()
+            assert "stategate_log_writable 0.0" in body.decode()
             # The disk comes back: the next message is logged and forwarded.
             real = tmp_path / "real.jsonl"
             tmp_link = tmp_path / "new-link"

@@ -13,7 +13,7 @@ from proxy._cli import main
 from proxy._config import ConfigError, parse_config
 from proxy._server import client_context, server_context
 
-from .conftest import eof_within, policy_text, running_proxy
+from .conftest import eof_within, http_get, policy_text, running_proxy
 
 Q = b"RQ.AZ0070000.CA.*C1.TXT\nLIC/ZZ12345"
 DENIED = b"DQ.VTICE0900.CA.*C2.TXT\nOLN/S1234567"
@@ -82,6 +82,8 @@ async def test_client_without_a_trusted_certificate_is_refused(tmp_path, who):
         assert await refused(h, pki.client(cert_from=other))
         assert any("TLS handshake with client" in w for w in warnings)
         assert h.proxy.open_connections == 0
+        metrics = (await http_get(h.proxy.admin_port, "/metrics"))[1].decode()
+        assert "stategate_tls_handshake_failures_total 1.0" in metrics
         # and the proxy keeps serving a good client
         async with h.client(pki.client(cert_from=pki.ca)) as c:
             await c.send(Q)
@@ -149,8 +151,9 @@ async def test_untrusted_upstream_is_an_upstream_error(tmp_path):
             await c.send(Q)
             assert await eof_within(c.stream, 5)
         assert h.switch.received == []
-        assert h.proxy.upstream_errors == 1
         assert any("TLS handshake with upstream" in w for w in warnings)
+        metrics = (await http_get(h.proxy.admin_port, "/metrics"))[1].decode()
+        assert "stategate_upstream_errors_total 1.0" in metrics
 
 
 def test_tls_config_errors_name_the_problem(tmp_path):
