@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,65 @@ def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
                 return None, 0
 
 
+class _Syncer:
+    """fsync off the caller's thread.
+
+    A seal asks for its file to be synced and returns at once: the proxy's event loop
+    never waits on the disk.  The request holds a duplicate of the file descriptor, so
+    a rotation or reopen can close the original meanwhile and the right file is still
+    synced.  Requests for the same open file that arrive while one thread is busy
+    coalesce into one fsync.
+    """
+
+    def __init__(self, on_error: Callable[[OSError], None]) -> None:
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
+        self._busy = False
+        self._stopped = False
+        self.syncs = 0
+        self._thread = threading.Thread(target=self._run, name="stategate-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self, generation: int, fd: int) -> None:
+        with self._cond:
+            if generation not in self._pending:
+                self._pending[generation] = os.dup(fd)
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # stopped, nothing left
+                batch, self._pending = self._pending, {}
+                self._busy = True
+            for fd in batch.values():
+                try:
+                    os.fsync(fd)
+                    self.syncs += 1
+                except OSError as exc:
+                    self._on_error(exc)
+                finally:
+                    os.close(fd)
+
+    def drain(self) -> None:
+        """Wait until every requested fsync is done."""
+        with self._cond:
+            while self._pending or self._busy:
+                self._cond.wait()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
 class DecisionLog:
     """Appends sealed records to ``path``; counts lines, seals, rotations and errors."""
 
@@ -159,6 +219,8 @@ class DecisionLog:
         self.seals = 0
         self.rotations = 0
         self._fd = -1
+        self._generation = 0  # counts opens, so a sync request names its file
+        self._syncer = _Syncer(self._sync_failed) if fsync else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
         self._resume()
@@ -167,6 +229,7 @@ class DecisionLog:
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._generation += 1
         self._size = os.fstat(self._fd).st_size
 
     def _resume(self) -> None:
@@ -295,12 +358,16 @@ class DecisionLog:
                 self.warn(f"cannot rotate {self.path}: {exc.strerror or exc}")
 
     def _sync(self) -> None:
-        if self.fsync:
+        """fsync after a seal, in the background (see _Syncer)."""
+        if self._syncer is not None:
             try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                self.errors += 1
-                self.warn(f"fsync {self.path}: {exc.strerror}")
+                self._syncer.request(self._generation, self._fd)
+            except OSError as exc:  # no descriptor left to duplicate
+                self._sync_failed(exc)
+
+    def _sync_failed(self, exc: OSError) -> None:
+        self.errors += 1
+        self.warn(f"fsync {self.path}: {exc.strerror}")
 
     def seal(self) -> bool:
         """Write a seal now if any line is unsealed.  False if the write failed."""
@@ -347,10 +414,16 @@ class DecisionLog:
         self._open()
 
     def close(self) -> None:
+        """Seal, and wait until every seal's fsync is done."""
         if self._fd >= 0:
             self.seal()
+            if self._syncer is not None:
+                self._syncer.drain()
             os.close(self._fd)
             self._fd = -1
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
 
     def __enter__(self) -> DecisionLog:
         return self

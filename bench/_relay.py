@@ -1,0 +1,35 @@
+"""The baseline relay when HAProxy is not installed: a minimal trio TCP relay, one
+upstream connection per accepted connection, bytes copied both ways unchanged.
+
+    python bench/_relay.py LISTEN_PORT UPSTREAM_PORT
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+
+async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+    try:
+        while data := await src.receive_some(1 << 18):
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def main(listen: int, upstream: int) -> None:
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", upstream)
+        async with client, server:
+            async with trio.open_nursery() as n:
+                n.start_soon(pipe, client, server)
+                await pipe(server, client)
+                n.cancel_scope.cancel()
+
+    await trio.serve_tcp(handle, listen, host="127.0.0.1")
+
+
+if __name__ == "__main__":
+    trio.run(main, int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,447 @@
+"""End to end: `stategate run` with every decision logged, between a load generator and
+a simulated switch, each its own process on loopback, beside a plain TCP relay on the
+same traffic as the baseline (HAProxy in TCP mode where installed, else a minimal trio
+relay), all in one run.
+
+    python bench/e2e.py                       # the full run (about two minutes)
+    python bench/e2e.py --seconds 2 --rates 1000 --latency-seconds 2   # a smoke run
+    python bench/e2e.py --rss-minutes 10      # and RSS sampled over ten minutes
+
+It reports, for each path (direct to the switch, the baseline relay, stategate):
+
+* sustained throughput: queries a second from `--connections` connections sending as
+  fast as the path takes them (backpressure, no loss), with the responses flowing back;
+  the time runs until the last response has arrived;
+* round-trip latency at fixed offered rates (`--rates`, default 1k, 10k, 100k queries
+  a second): p50, p99, p99.9, and the latency stategate adds, as its percentile minus
+  the direct path's;
+* stategate's peak RSS (VmHWM) after each phase, and RSS sampled over `--rss-minutes`.
+
+The switch answers from a table built from the same seed as the load, so it never
+decodes: neither it nor the load generator is what limits the baseline.  The latency
+traffic is all allowed and answered, one response per query, so responses match
+queries in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+HERE = Path(__file__).resolve()
+
+
+# ------------------------------------------------------------------- traffic
+
+
+def build_pool(seed: int, size: int, answered_only: bool) -> list[tuple[bytes, bytes | None]]:
+    """(query payload, response payload or None) pairs.  ``answered_only``: only queries
+    the example policy allows whose response it lets back (for latency)."""
+    import random
+
+    from proxy._config import load_config
+    from proxy._decode import decode
+    from proxy._demo import EXAMPLE_POLICY
+    from proxy._policy import compile_policy, decide
+    from proxy._traffic import TrafficGenerator, response_for
+
+    policy = compile_policy(load_config(EXAMPLE_POLICY))
+    gen = TrafficGenerator(seed, policy.state, dhs_share=0.0 if answered_only else 0.05,
+                           malformed_share=0.0 if answered_only else 0.01)  # fmt: skip
+    rng = random.Random(seed)
+    pool: list[tuple[bytes, bytes | None]] = []
+    seen: set[bytes] = set()
+    while len(pool) < size:
+        q = gen.query()
+        if q.payload in seen:
+            continue
+        resp = None
+        if not q.malformed:
+            msg = decode(q.payload)
+            resp = response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, policy.local_ori, rng, msg.imq)
+            if answered_only:
+                if resp is None or decide(policy, msg, "in").action != "allow":
+                    continue
+                if decide(policy, decode(resp), "out").action != "allow":
+                    continue
+        seen.add(q.payload)
+        pool.append((q.payload, resp))
+    return pool
+
+
+def len32(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+class FrameCounter:
+    """Counts len32 frames in a byte stream (what the load generator receives)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> int:
+        buf = self.buf + data
+        pos, n, end = 0, 0, len(buf)
+        while end - pos >= 4:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if end - pos - 4 < size:
+                break
+            pos += 4 + size
+            n += 1
+        self.buf = buf[pos:]
+        return n
+
+
+# -------------------------------------------------------------------- roles
+
+
+def role_switch(args: argparse.Namespace) -> None:
+    """Answer each query from the table, in order, per connection (threads)."""
+    table = {}
+    for pool_args in ((args.seed, args.pool, False), (args.seed + 1, args.pool, True)):
+        for q, r in build_pool(*pool_args):
+            table[q] = len32(r) if r is not None else b""
+    srv = socket.create_server(("127.0.0.1", 0), backlog=128)
+    print(srv.getsockname()[1], flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        lookup = table.get
+        with conn:
+            while data := conn.recv(1 << 18):
+                buf += data
+                out = []
+                pos, end = 0, len(buf)
+                while end - pos >= 4:
+                    size = int.from_bytes(buf[pos : pos + 4], "big")
+                    if end - pos - 4 < size:
+                        break
+                    out.append(lookup(buf[pos + 4 : pos + 4 + size], b""))
+                    pos += 4 + size
+                buf = buf[pos:]
+                if out:
+                    try:
+                        conn.sendall(b"".join(out))
+                    except OSError:
+                        return
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def role_load(args: argparse.Namespace) -> None:
+    """Drive one path; print the result as JSON."""
+    if args.rate:
+        pool = [len32(q) for q, _ in build_pool(args.seed + 1, args.pool, True)]
+        print(json.dumps(latency_run(args.port, pool, args.rate, args.seconds)), flush=True)
+    else:
+        pool = [len32(q) for q, _ in build_pool(args.seed, args.pool, False)]
+        print(json.dumps(throughput_run(args.port, pool, args.connections, args.seconds)), flush=True)
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def throughput_run(port: int, pool: list[bytes], connections: int, seconds: float) -> dict:
+    per_chunk = 200
+    chunks = [(b"".join(pool[i : i + per_chunk]), len(pool[i : i + per_chunk]))
+              for i in range(0, len(pool), per_chunk)]  # fmt: skip
+    sent = [0] * connections
+    received = [0] * connections
+    last_rx = [0.0] * connections
+    socks = [_connect(port) for _ in range(connections)]
+    start = time.perf_counter()
+    stop_at = start + seconds
+
+    def sender(i: int) -> None:
+        s, k = socks[i], i
+        while time.perf_counter() < stop_at:
+            data, count = chunks[k % len(chunks)]
+            s.sendall(data)
+            sent[i] += count
+            k += 1
+
+    def receiver(i: int) -> None:
+        s, fc = socks[i], FrameCounter()
+        s.settimeout(2.0)  # quiet for 2 s after the senders stopped: done
+        while True:
+            try:
+                data = s.recv(1 << 18)
+            except TimeoutError:
+                if time.perf_counter() > stop_at:
+                    return
+                continue
+            if not data:
+                return
+            received[i] += fc.feed(data)
+            last_rx[i] = time.perf_counter()
+
+    threads = [threading.Thread(target=f, args=(i,)) for i in range(connections) for f in (sender, receiver)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    end = max(max(last_rx), stop_at)
+    for s in socks:
+        s.close()
+    total_sent = sum(sent)
+    return {"queries": total_sent, "replies": sum(received), "seconds": end - start,
+            "queries_per_s": total_sent / (end - start)}  # fmt: skip
+
+
+def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict:
+    """Offer ``rate`` queries a second in 1 ms ticks on one connection; every query
+    has one response, in order, so each response's round trip is known."""
+    s = _connect(port)
+    sent_at: deque[float] = deque()
+    rtts: list[float] = []
+    total = int(rate * seconds)
+    done = threading.Event()
+
+    def receiver() -> None:
+        fc = FrameCounter()
+        s.settimeout(10)
+        got = 0
+        try:
+            while got < total:
+                data = s.recv(1 << 18)
+                if not data:
+                    break
+                now = time.perf_counter()
+                for _ in range(fc.feed(data)):
+                    rtts.append(now - sent_at.popleft())
+                    got += 1
+        except TimeoutError:
+            pass
+        done.set()
+
+    t = threading.Thread(target=receiver)
+    t.start()
+    start = time.perf_counter()
+    tick = 0.001
+    owed = 0.0
+    k = sent = 0
+    while sent < total:
+        target = start + (sent / rate)
+        now = time.perf_counter()
+        if now < target:
+            time.sleep(min(tick, target - now))
+            continue
+        owed = min(total - sent, max(1, int((now - start) * rate) - sent))
+        batch = []
+        for _ in range(owed):
+            batch.append(pool[k % len(pool)])
+            k += 1
+        stamp = time.perf_counter()
+        sent_at.extend([stamp] * owed)
+        s.sendall(b"".join(batch))
+        sent += owed
+    done.wait(30)
+    t.join(1)
+    s.close()
+    rtts.sort()
+    elapsed = time.perf_counter() - start
+
+    def pct(p: float) -> float:
+        return rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6 if rtts else float("nan")
+
+    return {"rate": rate, "sent": sent, "answered": len(rtts), "seconds": elapsed,
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}  # fmt: skip
+
+
+# -------------------------------------------------------------- orchestration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited at start ({proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {port}")
+
+
+def start_baseline(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int, str]:
+    port = free_port()
+    haproxy = shutil.which("haproxy")
+    if haproxy:
+        cfg = workdir / "haproxy.cfg"
+        cfg.write_text(
+            "global\n  maxconn 1000\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+            f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+            f"backend b\n  server s1 127.0.0.1:{switch_port}\n"
+        )
+        proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        name = "haproxy (tcp mode)"
+    else:
+        proc = subprocess.Popen([sys.executable, str(HERE.parent / "_relay.py"), str(port), str(switch_port)])
+        name = "trio relay (haproxy not installed)"
+    wait_port(port, proc, name)
+    return proc, port, name
+
+
+def start_stategate(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int]:
+    from proxy._demo import EXAMPLE_POLICY
+
+    port = free_port()
+    policy = Path(EXAMPLE_POLICY).read_text().split("[policy]", 1)[1]
+    config = workdir / "e2e.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "127.0.0.1:{switch_port}"\n'
+        f'[log]\npath = "{workdir}/decisions.jsonl"\n'  # seals with fsync: the defaults
+        '[admin]\nlisten = "127.0.0.1:0"\n[policy]' + policy
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(config)],
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_port(port, proc, "stategate")
+    return proc, port
+
+
+def rss_kib(pid: int, field: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
+    cmd = [sys.executable, str(HERE), "--role", "load", "--port", str(port), "--seed", str(args.seed),
+           "--pool", str(args.pool)]  # fmt: skip
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    out = subprocess.run(cmd, capture_output=True, check=True, timeout=600).stdout
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    print(machine(), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        switch = subprocess.Popen([sys.executable, str(HERE), "--role", "switch", "--seed", str(args.seed),
+                                   "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
+        procs = [switch]
+        try:
+            switch_port = int(switch.stdout.readline())
+            baseline, base_port, base_name = start_baseline(switch_port, workdir)
+            procs.append(baseline)
+            sg, sg_port = start_stategate(switch_port, workdir)
+            procs.append(sg)
+            paths = {"direct": switch_port, base_name: base_port, "stategate": sg_port}
+            print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed, fsync at each seal)")
+
+            print(f"\nthroughput, {args.connections} connections, {args.seconds:g} s of sending, "
+                  "median of the runs:")  # fmt: skip
+            results: dict[str, list[dict]] = {name: [] for name in paths}
+            for _ in range(args.runs):
+                for name, port in paths.items():  # interleaved, so noise hits all alike
+                    results[name].append(load(args, port, connections=args.connections, seconds=args.seconds))
+            med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
+            for name, rs in results.items():
+                runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
+                print(f"  {name:<36}{med[name]:>12,.0f} queries/s  (runs: {runs}; "
+                      f"replies in last run {rs[-1]['replies']:,})")
+            print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}")
+            print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
+
+            print("\nlatency (round trip, microseconds) at fixed offered rates, one connection:")
+            print(f"  {'rate/s':>8}  {'path':<36}{'p50':>9}{'p99':>9}{'p99.9':>9}  answered")
+            for rate in args.rates:
+                lat = {name: load(args, port, rate=rate, seconds=args.latency_seconds)
+                       for name, port in paths.items()}  # fmt: skip
+                for name, r in lat.items():
+                    print(f"  {rate:>8,}  {name:<36}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['p999_us']:>9.0f}"
+                          f"  {r['answered']:,}/{r['sent']:,}")
+                d, s = lat["direct"], lat["stategate"]
+                print(f"  {rate:>8,}  {'added by stategate':<36}{s['p50_us'] - d['p50_us']:>9.0f}"
+                      f"{s['p99_us'] - d['p99_us']:>9.0f}{s['p999_us'] - d['p999_us']:>9.0f}")
+                print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
+
+            if args.rss_minutes:
+                print(f"\nRSS over {args.rss_minutes:g} minutes at {args.rss_rate:,} queries/s:")
+                samples: list[tuple[float, int]] = []
+                done = threading.Event()
+
+                def sample() -> None:
+                    t0 = time.monotonic()
+                    while not done.wait(10):
+                        samples.append((time.monotonic() - t0, rss_kib(sg.pid, "VmRSS")))
+
+                th = threading.Thread(target=sample)
+                th.start()
+                load(args, sg_port, rate=args.rss_rate, seconds=args.rss_minutes * 60)
+                done.set()
+                th.join()
+                for t, kib in samples[:: max(1, len(samples) // 12)]:
+                    print(f"  {t:6.0f} s  {kib / 1024:7.1f} MiB")
+                print(f"  first {samples[0][1] / 1024:.1f} MiB, last {samples[-1][1] / 1024:.1f} MiB, "
+                      f"peak {rss_kib(sg.pid) / 1024:.1f} MiB")
+            print(f"\nstategate peak RSS (VmHWM): {rss_kib(sg.pid) / 1024:.1f} MiB")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--role", choices=["orchestrate", "switch", "load"], default="orchestrate",
+                    help=argparse.SUPPRESS)  # fmt: skip
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--pool", type=int, default=20_000, help="distinct queries in the load")
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=8.0, help="sending time of each throughput run")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 100000])
+    ap.add_argument("--latency-seconds", type=float, default=5.0)
+    ap.add_argument("--rss-minutes", type=float, default=0.0)
+    ap.add_argument("--rss-rate", type=int, default=10000)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role == "switch":
+        role_switch(args)
+        return 0
+    if args.role == "load":
+        role_load(args)
+        return 0
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
