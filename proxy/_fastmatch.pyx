@@ -24,7 +24,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 import sys
 
 from ._decode import BLANK, Malformed, decode_json, decode_text, decode_xml
-from ._types import LogRecord
+from ._types import LogRecord, Message
 
 cdef extern from *:
     """
@@ -76,6 +76,7 @@ cdef class Matcher:
     cdef readonly bint monitor
     cdef readonly bint deny_reply
     cdef readonly object xml_fields
+    cdef readonly tuple xml_names  # the body element names, as bytes, for the fast path
     cdef Py_ssize_t n_rules, n_words
     cdef list rules, rule_ids, group_entries
     cdef bytes decide_mask, shadow_mask, imq_true, imq_false, atn_missing, atn_present
@@ -99,6 +100,8 @@ cdef class Matcher:
         self.monitor = policy.mode == "monitor"
         self.deny_reply = policy.deny_reply
         self.xml_fields = policy.xml
+        self.xml_names = tuple(tuple(n.encode() for n in getattr(policy.xml, f))
+                               for f in ("pur", "rsn", "atn", "imq"))
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
         self.n_rules = len(self.rules)
@@ -417,6 +420,528 @@ def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminato
     return out, f.pending, f.busy
 
 
+# ------------------------------------------------------------ text fast path
+#
+# Most traffic is legacy text in the input form, printable ASCII with LF or CR LF line
+# ends.  For exactly that, the fast path below reads the header and the four decision
+# elements with byte loops.  For anything else (the output form, a control byte, a
+# non-ASCII byte, a header it would reject) it returns None and the reference decoder
+# in _decode.py decides, with its exact error.  Where the fast path answers, its answer
+# is the reference's: tests/test_fasttext.py holds it to that on generated, mutated and
+# random payloads.
+
+cdef inline bint _ws(unsigned char c) noexcept nogil:
+    """Whitespace the fast paths can meet (they decline CR and other controls)."""
+    return c == 32 or c == 9 or c == 10
+
+cdef inline bint _upper(unsigned char c) noexcept nogil:
+    return 65 <= c <= 90
+
+cdef inline bint _alnum(unsigned char c) noexcept nogil:
+    return (65 <= c <= 90) or (48 <= c <= 57)
+
+cdef bint _is_dst(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """p[a:b] is 2 or 9 characters of A-Z 0-9."""
+    cdef Py_ssize_t i
+    if b - a != 2 and b - a != 9:
+        return False
+    for i in range(a, b):
+        if not _alnum(p[i]):
+            return False
+    return True
+
+cdef inline str _ascii(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    return PyUnicode_DecodeASCII(<const char*> p + a, b - a, NULL)
+
+cdef object _code(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t limit, bint* bad):
+    """A stripped element value; None when empty; bad when longer than limit or
+    holding a tab or line break (not printable, so the reference rejects it)."""
+    cdef Py_ssize_t i
+    while a < b and _ws(p[a]):
+        a += 1
+    while b > a and _ws(p[b - 1]):
+        b -= 1
+    if a == b:
+        return None
+    if b - a > limit:
+        bad[0] = True
+        return None
+    for i in range(a, b):
+        if p[i] < 32:
+            bad[0] = True
+            return None
+    return _ascii(p, a, b)
+
+cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Y, YES, TRUE or 1, in any case, after stripping spaces."""
+    cdef Py_ssize_t n
+    cdef unsigned char c0
+    while a < b and _ws(p[a]):
+        a += 1
+    while b > a and _ws(p[b - 1]):
+        b -= 1
+    n = b - a
+    if n == 1:
+        c0 = p[a] | 32
+        return c0 == 121 or p[a] == 49  # y, 1
+    if n == 3:
+        return (p[a] | 32) == 121 and (p[a + 1] | 32) == 101 and (p[a + 2] | 32) == 115  # yes
+    if n == 4:
+        return ((p[a] | 32) == 116 and (p[a + 1] | 32) == 114 and (p[a + 2] | 32) == 117
+                and (p[a + 3] | 32) == 101)  # true
+    return False
+
+
+cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
+                         Py_ssize_t* el_a, Py_ssize_t* el_b) noexcept nogil:
+    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b]."""
+    cdef Py_ssize_t pa = a, i = a, s, e, k, slash
+    cdef int which
+    while True:
+        if i == b or p[i] == 46:  # '.' ends a part
+            s, e = pa, i
+            while s < e and p[s] == 32:
+                s += 1
+            while e > s and p[e - 1] == 32:
+                e -= 1
+            slash = -1
+            k = s
+            while k < e and k < s + 5:
+                if p[k] == 47:  # '/'
+                    slash = k
+                    break
+                k += 1
+            if slash - s == 3:
+                which = -1
+                if p[s] == 80 and p[s + 1] == 85 and p[s + 2] == 82:
+                    which = 0  # PUR
+                elif p[s] == 82 and p[s + 1] == 83 and p[s + 2] == 78:
+                    which = 1  # RSN
+                elif p[s] == 65 and p[s + 1] == 84 and p[s + 2] == 78:
+                    which = 2  # ATN
+                elif p[s] == 73 and p[s + 1] == 77 and p[s + 2] == 81:
+                    which = 3  # IMQ
+                if which >= 0 and el_a[which] < 0:
+                    el_a[which] = slash + 1
+                    el_b[which] = e
+            if i == b:
+                return
+            pa = i + 1
+        i += 1
+
+
+def fast_decode_text(bytes payload):
+    """The reference's Message for a plain input-form text payload, or None."""
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t n = len(payload), i, start, end, ls, le, seg_a, seg_b, nseg = 0
+    cdef Py_ssize_t mke_a = 0, mke_b = 0, ori_a = 0, ori_b = 0, ctl_a = -1, ctl_b = -1
+    cdef Py_ssize_t rest_a = -1
+    cdef Py_ssize_t[5] dst_a
+    cdef Py_ssize_t[5] dst_b
+    cdef int ndst = 0, which
+    cdef Py_ssize_t[4] el_a
+    cdef Py_ssize_t[4] el_b
+    cdef bint bad = False
+    cdef unsigned char c
+    # Only printable ASCII, LF, and CR before LF or at the end.
+    for i in range(n):
+        c = p[i]
+        if c < 32 or c > 126:
+            if c == 10:
+                continue
+            if c == 13 and (i + 1 == n or p[i + 1] == 10):
+                continue
+            return None
+    start = 0
+    while start < n and (p[start] == 32 or p[start] == 13 or p[start] == 10):
+        start += 1
+    if start == n:
+        return None
+    # The first line, stripped of spaces and CR.
+    le = start
+    while le < n and p[le] != 10:
+        le += 1
+    end = le
+    while end > start and (p[end - 1] == 32 or p[end - 1] == 13):
+        end -= 1
+    # Segments of the header line.
+    seg_a = start
+    i = start
+    while True:
+        if i == end or p[i] == 46:  # '.'
+            seg_b = i
+            if nseg == 0:
+                mke_a, mke_b = seg_a, seg_b
+            elif nseg == 1:
+                ori_a, ori_b = seg_a, seg_b
+            else:
+                if seg_b - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
+                        and not _is_dst(p, seg_a, seg_b):  # TXT marker
+                    rest_a = seg_a + 3
+                    nseg += 1
+                    break
+                if seg_b > seg_a and p[seg_a] == 42:  # '*': control field
+                    if ctl_a >= 0:
+                        return None
+                    ctl_a, ctl_b = seg_a + 1, seg_b
+                else:
+                    if ctl_a >= 0 or ndst == 5:
+                        return None
+                    if not _is_dst(p, seg_a, seg_b):
+                        return None
+                    dst_a[ndst] = seg_a
+                    dst_b[ndst] = seg_b
+                    ndst += 1
+            nseg += 1
+            if i == end:
+                break
+            seg_a = i + 1
+        i += 1
+    # Input form only (the reference's test), and a TXT marker found.
+    if nseg < 3 or rest_a < 0 or ndst == 0:
+        return None
+    if not (2 <= mke_b - mke_a <= 3):
+        return None
+    for i in range(mke_a, mke_b):
+        if not _upper(p[i]):
+            return None
+    if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
+        return None
+    for i in range(ori_a + 2, ori_b):
+        if not _alnum(p[i]):
+            return None
+    if ctl_a >= 0 and ctl_b - ctl_a > 10:
+        return None
+    # Body: the rest of the header line, then every further line, each stripped; data
+    # elements are period-separated parts, each stripped.  First PUR, RSN, ATN, IMQ.
+    for which in range(4):
+        el_a[which] = -1
+        el_b[which] = -1
+    _scan_elements(p, rest_a, end, el_a, el_b)
+    i = le  # the LF ending the header line, or n
+    while i < n:
+        ls = i + 1
+        le = ls
+        while le < n and p[le] != 10:
+            le += 1
+        end = le
+        while ls < end and (p[ls] == 32 or p[ls] == 13):
+            ls += 1
+        while end > ls and (p[end - 1] == 32 or p[end - 1] == 13):
+            end -= 1
+        _scan_elements(p, ls, end, el_a, el_b)
+        i = le
+    dst = PyTuple_New(ndst)
+    for which in range(ndst):
+        d = _ascii(p, dst_a[which], dst_b[which])
+        Py_INCREF(d)
+        PyTuple_SET_ITEM(dst, which, d)
+    pur = _code(p, el_a[0], el_b[0], 10, &bad) if el_a[0] >= 0 else None
+    rsn = _code(p, el_a[1], el_b[1], 10, &bad) if el_a[1] >= 0 else None
+    atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
+    if bad:
+        return None
+    return Message("text", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst,
+                   _ascii(p, ctl_a, ctl_b) if ctl_a >= 0 and ctl_b > ctl_a else None,
+                   pur, rsn, atn, el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+
+
+# ------------------------------------------------------------- XML fast path
+#
+# The reference parses XML with defusedxml (expat, DTDs forbidden): safe, and slow for
+# a header.  This fast path reads the simple, common shape: ASCII, no DTD, comment,
+# processing instruction, CDATA or entity reference, an optional plain XML declaration,
+# namespace prefixes declared where they are used.  It checks well-formedness as it
+# goes (tags nest and match, attributes are well formed and distinct, nothing but
+# whitespace outside the root) and declines (returns None) anything else, for the
+# reference to decide.  tests/test_fastxml.py holds its answers to the reference's.
+
+DEF XML_MAX_DEPTH = 64
+DEF XML_MAX_NS = 32
+DEF XML_MAX_ATTRS = 16
+
+cdef inline bint _name_start(unsigned char c) noexcept nogil:
+    return (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+cdef inline bint _name_char(unsigned char c) noexcept nogil:
+    return _name_start(c) or (48 <= c <= 57) or c == 45 or c == 46
+
+cdef Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* colon) noexcept nogil:
+    """The end of the name at p[i] (at most one colon, both parts proper names), or -1.
+    colon: the colon's index, or -1."""
+    colon[0] = -1
+    if i >= n or not _name_start(p[i]):
+        return -1
+    i += 1
+    while i < n:
+        if p[i] == 58:  # ':'
+            if colon[0] >= 0 or i + 1 >= n or not _name_start(p[i + 1]):
+                return -1
+            colon[0] = i
+            i += 1
+        elif not _name_char(p[i]):
+            break
+        i += 1
+    return i
+
+cdef inline bint _same(const unsigned char* p, Py_ssize_t a, Py_ssize_t alen,
+                       Py_ssize_t b, Py_ssize_t blen) noexcept nogil:
+    return alen == blen and memcmp(p + a, p + b, alen) == 0
+
+cdef inline bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const char* lit,
+                     Py_ssize_t litlen) noexcept nogil:
+    return b - a == litlen and memcmp(p + a, lit, litlen) == 0
+
+cdef bint _in_names(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, tuple names):
+    cdef bytes name
+    for name in names:
+        if len(name) == b - a and memcmp(p + a, PyBytes_AS_STRING(name), b - a) == 0:
+            return True
+    return False
+
+cdef Py_ssize_t _strip_a(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while a < b and _ws(p[a]):
+        a += 1
+    return a
+
+cdef Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while b > a and _ws(p[b - 1]):
+        b -= 1
+    return b
+
+
+def fast_decode_xml(bytes payload, tuple names):
+    """The reference's Message for a simple XML payload, or None.  ``names``: the body
+    element local names for pur, rsn, atn and imq, each a tuple of bytes."""
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t n = len(payload), i, j, k, e, colon, acolon, name_end, local_a
+    cdef Py_ssize_t[XML_MAX_DEPTH] open_a
+    cdef Py_ssize_t[XML_MAX_DEPTH] open_len
+    cdef Py_ssize_t[XML_MAX_NS] ns_a
+    cdef Py_ssize_t[XML_MAX_NS] ns_len
+    cdef int[XML_MAX_NS] ns_depth
+    cdef Py_ssize_t[XML_MAX_ATTRS] at_a
+    cdef Py_ssize_t[XML_MAX_ATTRS] at_len
+    cdef int depth = 0, nns = 0, nat, which, f, header_depth = -1, ndst = 0
+    cdef bint root_seen = False, self_closing, header_open = False, header_done = False, bad = False
+    cdef Py_ssize_t mke_a = -1, mke_b = -1, ori_a = -1, ori_b = -1, ctl_a = -1, ctl_b = -1
+    cdef Py_ssize_t[5] dst_a
+    cdef Py_ssize_t[5] dst_b
+    cdef Py_ssize_t[4] el_a
+    cdef Py_ssize_t[4] el_b
+    cdef Py_ssize_t text_a, text_b
+    cdef unsigned char c, q
+    if n == 0 or p[0] != 60:
+        return None
+    for i in range(n):
+        c = p[i]
+        if c > 126 or c == 38 or (c < 32 and c != 9 and c != 10):  # non-ASCII, '&', controls
+            return None
+        if c == 93 and i + 2 < n and p[i + 1] == 93 and p[i + 2] == 62:  # "]]>"
+            return None
+    for f in range(4):
+        el_a[f] = -1
+        el_b[f] = -1
+    i = 0
+    if n >= 5 and memcmp(p, b"<?xml", 5) == 0:
+        if n >= 21 and memcmp(p, b'<?xml version="1.0"?>', 21) == 0:
+            i = 21
+        elif n >= 38 and (memcmp(p, b'<?xml version="1.0" encoding="UTF-8"?>', 38) == 0
+                          or memcmp(p, b'<?xml version="1.0" encoding="utf-8"?>', 38) == 0):
+            i = 38
+        else:
+            return None
+    while True:
+        # between markup
+        if depth == 0:
+            while i < n and _ws(p[i]):
+                i += 1
+            if i == n:
+                break
+            if p[i] != 60:
+                return None  # text outside the root
+        else:
+            while i < n and p[i] != 60:
+                i += 1
+            if i == n:
+                return None  # unclosed
+        # p[i] == '<'
+        if i + 1 >= n:
+            return None
+        c = p[i + 1]
+        if c == 47:  # end tag
+            if depth == 0:
+                return None
+            j = _qname(p, i + 2, n, &colon)
+            if j < 0 or not _same(p, open_a[depth - 1], open_len[depth - 1], i + 2, j - (i + 2)):
+                return None
+            while j < n and _ws(p[j]):
+                j += 1
+            if j >= n or p[j] != 62:
+                return None
+            depth -= 1
+            while nns > 0 and ns_depth[nns - 1] > depth:
+                nns -= 1
+            if header_open and depth == header_depth:
+                header_open = False
+                header_done = True
+            i = j + 1
+            continue
+        if c == 33 or c == 63:  # <! or <?: DTD, comment, CDATA, PI
+            return None
+        # start tag
+        if depth == 0 and root_seen:
+            return None
+        name_end = _qname(p, i + 1, n, &colon)
+        if name_end < 0:
+            return None
+        j = name_end
+        nat = 0
+        self_closing = False
+        while True:
+            k = j
+            while j < n and _ws(p[j]):
+                j += 1
+            if j >= n:
+                return None
+            if p[j] == 62:  # '>'
+                j += 1
+                break
+            if p[j] == 47:  # '/>'
+                if j + 1 >= n or p[j + 1] != 62:
+                    return None
+                self_closing = True
+                j += 2
+                break
+            if j == k:
+                return None  # attributes need whitespace before them
+            e = _qname(p, j, n, &acolon)
+            if e < 0 or nat == XML_MAX_ATTRS:
+                return None
+            for f in range(nat):
+                if _same(p, at_a[f], at_len[f], j, e - j):
+                    return None  # duplicate attribute
+            at_a[nat] = j
+            at_len[nat] = e - j
+            nat += 1
+            k = e
+            while k < n and _ws(p[k]):
+                k += 1
+            if k >= n or p[k] != 61:  # '='
+                return None
+            k += 1
+            while k < n and _ws(p[k]):
+                k += 1
+            if k >= n or (p[k] != 34 and p[k] != 39):
+                return None
+            q = p[k]
+            k += 1
+            text_a = k
+            while k < n and p[k] != q:
+                if p[k] == 60:
+                    return None
+                k += 1
+            if k >= n:
+                return None
+            text_b = k
+            if acolon >= 0:
+                if not _is(p, j, acolon, b"xmlns", 5):
+                    return None  # prefixed attributes: left to the reference
+                if text_a == text_b or nns == XML_MAX_NS:
+                    return None
+                ns_a[nns] = acolon + 1
+                ns_len[nns] = e - acolon - 1
+                ns_depth[nns] = depth + 1
+                nns += 1
+            j = k + 1
+        # the element's prefix must be declared here or above
+        if colon >= 0:
+            f = nns - 1
+            while f >= 0 and not _same(p, ns_a[f], ns_len[f], i + 1, colon - (i + 1)):
+                f -= 1
+            if f < 0:
+                return None
+            local_a = colon + 1
+        else:
+            local_a = i + 1
+        if self_closing:
+            text_a = text_b = j
+        else:
+            text_a = j
+            text_b = j
+            while text_b < n and p[text_b] != 60:
+                text_b += 1
+        # what this element is
+        if not header_done and not header_open and _is(p, local_a, name_end, b"NLETSMessageHeader", 18):
+            header_open = True
+            header_depth = depth
+        elif header_open:
+            if _is(p, local_a, name_end, b"MessageKeyCodeText", 18):
+                if mke_a < 0:
+                    mke_a, mke_b = text_a, text_b
+            elif _is(p, local_a, name_end, b"OriginatingORIID", 16):
+                if ori_a < 0:
+                    ori_a, ori_b = text_a, text_b
+            elif _is(p, local_a, name_end, b"DestinationORIID", 16):
+                if ndst == 5:
+                    return None
+                dst_a[ndst] = text_a
+                dst_b[ndst] = text_b
+                ndst += 1
+            elif _is(p, local_a, name_end, b"DocumentControlFieldText", 24):
+                if ctl_a < 0:
+                    ctl_a, ctl_b = text_a, text_b
+        for f in range(4):
+            if el_a[f] < 0 and _in_names(p, local_a, name_end, <tuple> names[f]):
+                el_a[f] = text_a
+                el_b[f] = text_b
+        root_seen = True
+        if self_closing:
+            while nns > 0 and ns_depth[nns - 1] > depth:
+                nns -= 1
+            if header_open and depth == header_depth:
+                header_open = False
+                header_done = True
+        else:
+            if depth == XML_MAX_DEPTH:
+                return None
+            open_a[depth] = i + 1
+            open_len[depth] = name_end - (i + 1)
+            depth += 1
+        i = j
+    if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
+        return None
+    # the header's values, stripped and checked as the reference checks them
+    mke_a, mke_b = _strip_a(p, mke_a, mke_b), _strip_b(p, mke_a, mke_b)
+    if not (2 <= mke_b - mke_a <= 3):
+        return None
+    for k in range(mke_a, mke_b):
+        if not _upper(p[k]):
+            return None
+    ori_a, ori_b = _strip_a(p, ori_a, ori_b), _strip_b(p, ori_a, ori_b)
+    if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
+        return None
+    for k in range(ori_a + 2, ori_b):
+        if not _alnum(p[k]):
+            return None
+    dst = PyTuple_New(ndst)
+    for f in range(ndst):
+        dst_a[f], dst_b[f] = _strip_a(p, dst_a[f], dst_b[f]), _strip_b(p, dst_a[f], dst_b[f])
+        if not _is_dst(p, dst_a[f], dst_b[f]):
+            return None
+        d = _ascii(p, dst_a[f], dst_b[f])
+        Py_INCREF(d)
+        PyTuple_SET_ITEM(dst, f, d)
+    ctl = _code(p, ctl_a, ctl_b, 10, &bad) if ctl_a >= 0 else None
+    pur = _code(p, el_a[0], el_b[0], 10, &bad) if el_a[0] >= 0 else None
+    rsn = _code(p, el_a[1], el_b[1], 10, &bad) if el_a[1] >= 0 else None
+    atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
+    if bad:
+        return None
+    return Message("xml", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst, ctl, pur, rsn, atn,
+                   el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+
+
 # ----------------------------------------------------------------------- engine
 
 
@@ -506,6 +1031,7 @@ cdef class Engine:
         monitor = matcher.monitor
         answer = matcher.deny_reply and not monitor and self.dir_code == DIR_IN
         xml_fields = matcher.xml_fields
+        xml_names = matcher.xml_names
         direction = self.direction
         for ev in events:
             seq += 1
@@ -521,9 +1047,13 @@ cdef class Engine:
             fmt = _detect(payload)
             try:
                 if fmt == "text":
-                    msg = decode_text(payload)
+                    msg = fast_decode_text(payload)
+                    if msg is None:
+                        msg = decode_text(payload)
                 elif fmt == "xml":
-                    msg = decode_xml(payload, xml_fields)
+                    msg = fast_decode_xml(payload, xml_names)
+                    if msg is None:
+                        msg = decode_xml(payload, xml_fields)
                 elif fmt == "json":
                     msg = decode_json(payload)
                 else:
