@@ -23,7 +23,7 @@ from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import sys
 
-from ._decode import BLANK, Malformed, decode_json, decode_text, decode_xml
+from ._decode import BLANK, Malformed, _json_decoder, decode_json, decode_text, decode_xml
 from ._types import LogRecord, Message
 
 cdef extern from *:
@@ -422,10 +422,10 @@ def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminato
 
 # ------------------------------------------------------------ text fast path
 #
-# Most traffic is legacy text in the input form, printable ASCII with LF or CR LF line
-# ends.  For exactly that, the fast path below reads the header and the four decision
-# elements with byte loops.  For anything else (the output form, a control byte, a
-# non-ASCII byte, a header it would reject) it returns None and the reference decoder
+# Most traffic is legacy text, printable ASCII with LF or CR LF line ends.  For exactly
+# that, in either header form, the fast path below reads the header and the four
+# decision elements with byte loops.  For anything else (a control byte, a non-ASCII
+# byte, a header the reference would reject) it returns None and the reference decoder
 # in _decode.py decides, with its exact error.  Where the fast path answers, its answer
 # is the reference's: tests/test_fasttext.py holds it to that on generated, mutated and
 # random payloads.
@@ -531,17 +531,82 @@ cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
 
 
 def fast_decode_text(bytes payload):
-    """The reference's Message for a plain input-form text payload, or None."""
+    """The reference's Message for a plain text payload, or None."""
+    t = _text_fields(payload)
+    return None if t is None else Message(*t)
+
+
+cdef Py_ssize_t _destinations(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
+                              Py_ssize_t* dst_a, Py_ssize_t* dst_b, int* ndst,
+                              Py_ssize_t* ctl_a, Py_ssize_t* ctl_b) noexcept nogil:
+    """The reference's _split_destinations over the segments of p[a:b]: destinations
+    and control field up to the TXT marker.  Returns where the rest after ``TXT``
+    starts; -1 when there is no marker or the reference would reject (decline)."""
+    cdef Py_ssize_t i = a, seg_a = a
+    while True:
+        if i == b or p[i] == 46:  # '.'
+            if i - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
+                    and not _is_dst(p, seg_a, i):  # the TXT marker
+                return seg_a + 3
+            if i > seg_a and p[seg_a] == 42:  # '*': the control field
+                if ctl_a[0] >= 0:
+                    return -1
+                ctl_a[0] = seg_a + 1
+                ctl_b[0] = i
+            else:
+                if ctl_a[0] >= 0 or ndst[0] == 5 or not _is_dst(p, seg_a, i):
+                    return -1
+                dst_a[ndst[0]] = seg_a
+                dst_b[ndst[0]] = i
+                ndst[0] += 1
+            if i == b:
+                return -1
+            seg_a = i + 1
+        i += 1
+
+
+cdef Py_ssize_t _line(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
+                      Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
+    """The line starting at pos, stripped of spaces and CR, as [a, b); returns the
+    index of its LF (or n)."""
+    cdef Py_ssize_t e = pos
+    while e < n and p[e] != 10:
+        e += 1
+    a[0] = pos
+    b[0] = e
+    while a[0] < b[0] and (p[a[0]] == 32 or p[a[0]] == 13):
+        a[0] += 1
+    while b[0] > a[0] and (p[b[0] - 1] == 32 or p[b[0] - 1] == 13):
+        b[0] -= 1
+    return e
+
+
+cdef bint _clock(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The reference's ``\\d\\d:\\d\\d\\b`` at the start of p[a:b]."""
+    cdef unsigned char c
+    if b - a < 5:
+        return False
+    if not (48 <= p[a] <= 57 and 48 <= p[a + 1] <= 57 and p[a + 2] == 58
+            and 48 <= p[a + 3] <= 57 and 48 <= p[a + 4] <= 57):
+        return False
+    if b - a == 5:
+        return True
+    c = p[a + 5]
+    return not (_alnum(c) or (97 <= c <= 122) or c == 95)
+
+
+cdef tuple _text_fields(bytes payload):
+    """fast_decode_text's fields as a tuple in Message's order, or None."""
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t n = len(payload), i, start, end, ls, le, seg_a, seg_b, nseg = 0
-    cdef Py_ssize_t mke_a = 0, mke_b = 0, ori_a = 0, ori_b = 0, ctl_a = -1, ctl_b = -1
-    cdef Py_ssize_t rest_a = -1
-    cdef Py_ssize_t[5] dst_a
-    cdef Py_ssize_t[5] dst_b
-    cdef int ndst = 0, which
+    cdef Py_ssize_t n = len(payload), i, start, end, le, dot1 = -1, dot2 = -1
+    cdef Py_ssize_t mke_a, mke_b, ori_a, ori_b, ctl_a = -1, ctl_b = -1, rest_a, rest_b
+    cdef Py_ssize_t l1a, l1b, l2a, l2b, l3a, l3b, ta, tb, star, na, nb, cta = -1, ctb = -1
+    cdef Py_ssize_t[6] dst_a  # one spare: the TXT line may add five to the clock line's one
+    cdef Py_ssize_t[6] dst_b
+    cdef int ndst = 0, which, ntok, more_ndst
     cdef Py_ssize_t[4] el_a
     cdef Py_ssize_t[4] el_b
-    cdef bint bad = False
+    cdef bint bad = False, output_form
     cdef unsigned char c
     # Only printable ASCII, LF, and CR before LF or at the end.
     for i in range(n):
@@ -557,49 +622,21 @@ def fast_decode_text(bytes payload):
         start += 1
     if start == n:
         return None
-    # The first line, stripped of spaces and CR.
-    le = start
-    while le < n and p[le] != 10:
-        le += 1
-    end = le
-    while end > start and (p[end - 1] == 32 or p[end - 1] == 13):
-        end -= 1
-    # Segments of the header line.
-    seg_a = start
-    i = start
-    while True:
-        if i == end or p[i] == 46:  # '.'
-            seg_b = i
-            if nseg == 0:
-                mke_a, mke_b = seg_a, seg_b
-            elif nseg == 1:
-                ori_a, ori_b = seg_a, seg_b
+    le = _line(p, n, start, &start, &end)
+    for i in range(start, end):
+        if p[i] == 46:
+            if dot1 < 0:
+                dot1 = i
             else:
-                if seg_b - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
-                        and not _is_dst(p, seg_a, seg_b):  # TXT marker
-                    rest_a = seg_a + 3
-                    nseg += 1
-                    break
-                if seg_b > seg_a and p[seg_a] == 42:  # '*': control field
-                    if ctl_a >= 0:
-                        return None
-                    ctl_a, ctl_b = seg_a + 1, seg_b
-                else:
-                    if ctl_a >= 0 or ndst == 5:
-                        return None
-                    if not _is_dst(p, seg_a, seg_b):
-                        return None
-                    dst_a[ndst] = seg_a
-                    dst_b[ndst] = seg_b
-                    ndst += 1
-            nseg += 1
-            if i == end:
+                dot2 = i
                 break
-            seg_a = i + 1
-        i += 1
-    # Input form only (the reference's test), and a TXT marker found.
-    if nseg < 3 or rest_a < 0 or ndst == 0:
-        return None
+    if dot1 < 0:
+        return None  # not MKE.ORI
+    mke_a, mke_b = start, dot1
+    ori_a, ori_b = dot1 + 1, (dot2 if dot2 >= 0 else end)
+    # The reference's choice: the input form has a third segment, and a non-empty one
+    # when there are exactly three.
+    output_form = dot2 < 0 or dot2 == end - 1
     if not (2 <= mke_b - mke_a <= 3):
         return None
     for i in range(mke_a, mke_b):
@@ -610,27 +647,72 @@ def fast_decode_text(bytes payload):
     for i in range(ori_a + 2, ori_b):
         if not _alnum(p[i]):
             return None
-    if ctl_a >= 0 and ctl_b - ctl_a > 10:
+    if not output_form:
+        rest_a = _destinations(p, dot2 + 1, end, dst_a, dst_b, &ndst, &ctl_a, &ctl_b)
+        if rest_a < 0:
+            return None
+        rest_b = end
+    else:
+        # MKE.ORI, two clock lines (the second may end in DEST[*CTL]), then TXT.
+        if le >= n:
+            return None
+        le = _line(p, n, le + 1, &l1a, &l1b)
+        if le >= n:
+            return None
+        le = _line(p, n, le + 1, &l2a, &l2b)
+        if le >= n:
+            return None
+        le = _line(p, n, le + 1, &l3a, &l3b)
+        if not _clock(p, l1a, l1b) or not _clock(p, l2a, l2b):
+            return None
+        # the last of four or more space-separated tokens on the second clock line
+        ntok = 0
+        i = l2a
+        ta = tb = -1
+        while i < l2b:
+            while i < l2b and p[i] == 32:
+                i += 1
+            if i == l2b:
+                break
+            ta = i
+            while i < l2b and p[i] != 32:
+                i += 1
+            tb = i
+            ntok += 1
+        if ntok >= 4:
+            star = ta
+            while star < tb and p[star] != 42:
+                star += 1
+            na, nb = ta, star
+            while nb > na and p[nb - 1] == 46:
+                nb -= 1
+            if _is_dst(p, na, nb):
+                dst_a[0] = na
+                dst_b[0] = nb
+                ndst = 1
+                if star < tb:
+                    cta, ctb = star + 1, tb
+        more_ndst = 0
+        rest_a = _destinations(p, l3a, l3b, dst_a + ndst, dst_b + ndst, &more_ndst, &ctl_a, &ctl_b)
+        if rest_a < 0:
+            return None
+        if more_ndst > 0 and ndst > 0:
+            return None  # destinations both on the clock line and the TXT line
+        ndst += more_ndst
+        if ctl_a < 0:
+            ctl_a, ctl_b = cta, ctb
+        rest_b = l3b
+    if ndst == 0 or (ctl_a >= 0 and ctl_b - ctl_a > 10):
         return None
     # Body: the rest of the header line, then every further line, each stripped; data
     # elements are period-separated parts, each stripped.  First PUR, RSN, ATN, IMQ.
     for which in range(4):
         el_a[which] = -1
         el_b[which] = -1
-    _scan_elements(p, rest_a, end, el_a, el_b)
-    i = le  # the LF ending the header line, or n
-    while i < n:
-        ls = i + 1
-        le = ls
-        while le < n and p[le] != 10:
-            le += 1
-        end = le
-        while ls < end and (p[ls] == 32 or p[ls] == 13):
-            ls += 1
-        while end > ls and (p[end - 1] == 32 or p[end - 1] == 13):
-            end -= 1
-        _scan_elements(p, ls, end, el_a, el_b)
-        i = le
+    _scan_elements(p, rest_a, rest_b, el_a, el_b)
+    while le < n:
+        le = _line(p, n, le + 1, &l1a, &l1b)
+        _scan_elements(p, l1a, l1b, el_a, el_b)
     dst = PyTuple_New(ndst)
     for which in range(ndst):
         d = _ascii(p, dst_a[which], dst_b[which])
@@ -641,7 +723,7 @@ def fast_decode_text(bytes payload):
     atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
     if bad:
         return None
-    return Message("text", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst,
+    return ("text", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst,
                    _ascii(p, ctl_a, ctl_b) if ctl_a >= 0 and ctl_b > ctl_a else None,
                    pur, rsn, atn, el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
 
@@ -713,6 +795,12 @@ cdef Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noe
 def fast_decode_xml(bytes payload, tuple names):
     """The reference's Message for a simple XML payload, or None.  ``names``: the body
     element local names for pur, rsn, atn and imq, each a tuple of bytes."""
+    t = _xml_fields(payload, names)
+    return None if t is None else Message(*t)
+
+
+cdef tuple _xml_fields(bytes payload, tuple names):
+    """fast_decode_xml's fields as a tuple in Message's order, or None."""
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
     cdef Py_ssize_t n = len(payload), i, j, k, e, colon, acolon, name_end, local_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_a
@@ -938,8 +1026,95 @@ def fast_decode_xml(bytes payload, tuple names):
     atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
     if bad:
         return None
-    return Message("xml", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst, ctl, pur, rsn, atn,
-                   el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+    return ("xml", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst, ctl, pur, rsn, atn,
+            el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+
+
+# ------------------------------------------------------------ JSON fast path
+#
+# msgspec does the parsing; this replaces only the reference's field checks (regular
+# expressions in Python) with loops, and declines to the reference wherever a check
+# fails, so that the reference raises its own error.
+
+cdef bint _str_upper(str s, Py_ssize_t lo, Py_ssize_t hi):
+    cdef Py_UCS4 ch
+    if not lo <= len(s) <= hi:
+        return False
+    for ch in s:
+        if not ("A" <= ch <= "Z"):
+            return False
+    return True
+
+cdef bint _str_ori(str s):
+    cdef Py_UCS4 ch
+    cdef Py_ssize_t i = 0
+    if len(s) != 9:
+        return False
+    for ch in s:
+        if not (("A" <= ch <= "Z") or (i >= 2 and "0" <= ch <= "9")):
+            return False
+        i += 1
+    return True
+
+cdef bint _str_dst(str s):
+    cdef Py_UCS4 ch
+    if len(s) != 2 and len(s) != 9:
+        return False
+    for ch in s:
+        if not (("A" <= ch <= "Z") or ("0" <= ch <= "9")):
+            return False
+    return True
+
+cdef object _str_code(object v, Py_ssize_t limit, bint* bad):
+    """The reference's _check_code/_check_atn for a str or None; bad where it raises."""
+    if v is None:
+        return None
+    v = (<str> v).strip()
+    if not v:
+        return None
+    if len(v) > limit or not (<str> v).isprintable():
+        bad[0] = True
+        return None
+    return v
+
+
+def fast_decode_json(bytes payload):
+    """The reference's Message for a JSON payload whose fields pass, or None."""
+    t = _json_fields(payload)
+    return None if t is None else Message(*t)
+
+
+cdef tuple _json_fields(bytes payload):
+    cdef bint bad = False
+    try:
+        m = _json_decoder.decode(payload)
+    except Exception:
+        return None
+    mke = m.mke
+    ori = m.ori
+    dst = m.dst
+    if not _str_upper(mke, 2, 3) or not _str_ori(ori) or not 1 <= len(dst) <= 5:
+        return None
+    for d in dst:
+        if not _str_dst(d):
+            return None
+    ctl = m.ctl
+    if ctl is not None:
+        if ctl == "":
+            ctl = None
+        elif len(ctl) > 10 or not (<str> ctl).isprintable():
+            return None
+    pur = _str_code(m.pur, 10, &bad)
+    rsn = _str_code(m.rsn, 10, &bad)
+    atn = _str_code(m.atn, 100, &bad)
+    if bad:
+        return None
+    return ("json", mke, ori, tuple(dst), ctl, pur, rsn, atn, bool(m.imq))
+
+
+cdef tuple _message_tuple(msg):
+    """A reference decoder's Message as the fast paths' tuple."""
+    return (msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur, msg.rsn, msg.atn, msg.imq)
 
 
 # ----------------------------------------------------------------------- engine
@@ -1019,6 +1194,7 @@ cdef class Engine:
         cdef bint fwd
         cdef str action, rule, shadow
         cdef dict counts
+        cdef tuple t
         if not events:
             return Batch(records, b"", denials)
         seqr = self.sequencer
@@ -1047,15 +1223,17 @@ cdef class Engine:
             fmt = _detect(payload)
             try:
                 if fmt == "text":
-                    msg = fast_decode_text(payload)
-                    if msg is None:
-                        msg = decode_text(payload)
+                    t = _text_fields(payload)
+                    if t is None:
+                        t = _message_tuple(decode_text(payload))
                 elif fmt == "xml":
-                    msg = fast_decode_xml(payload, xml_names)
-                    if msg is None:
-                        msg = decode_xml(payload, xml_fields)
+                    t = _xml_fields(payload, xml_names)
+                    if t is None:
+                        t = _message_tuple(decode_xml(payload, xml_fields))
                 elif fmt == "json":
-                    msg = decode_json(payload)
+                    t = _json_fields(payload)
+                    if t is None:
+                        t = _message_tuple(decode_json(payload))
                 else:
                     raise Malformed("empty message")
             except Exception:  # fail closed: an undecodable message is rejected
@@ -1065,14 +1243,14 @@ cdef class Engine:
                                          mode, False, rev, len(payload)))
                 _count(counts, direction, "reject", "malformed")
                 continue
-            act = matcher.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn,
-                                   msg.atn is not None, msg.imq, self.dir_code)
+            mke, ori, dst, atn, imq = t[1], t[2], t[3], t[7], t[8]
+            act = matcher.decide_c(mke, ori, dst, t[5], t[6], atn is not None, imq, self.dir_code)
             rule = matcher.rule_ids[matcher.last_rule] if matcher.last_rule >= 0 else "default"
             shadow = matcher.rule_ids[matcher.last_shadow] if matcher.last_shadow >= 0 else None
             fwd = act == ACT_ALLOW or monitor
             rec = LogRecord(ts, f"{run}-{n:x}", seq, self.conn, self.peer, direction,
-                            msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur, msg.rsn,
-                            msg.atn, msg.imq, matcher.last_agency, matcher.last_groups,
+                            t[0], mke, ori, dst, t[4], t[5], t[6], atn, imq,
+                            matcher.last_agency, matcher.last_groups,
                             "deny" if act == ACT_DENY else "allow", rule, shadow, mode, fwd,
                             rev, len(payload))
             records.append(rec)
