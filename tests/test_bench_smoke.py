@@ -1,0 +1,50 @@
+"""A quick smoke of every benchmark in bench/ (seconds each, never the full year):
+each runs end to end, at a tiny size, and prints the figures it exists to report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench(*args: str, timeout: float = 240) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, timeout=timeout, cwd=BENCH.parent)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return result.stdout.decode()
+
+
+def test_micro_benchmarks_run():
+    out = bench("-m", "pytest", "-q", "-p", "no:cacheprovider", str(BENCH / "test_micro.py"), "--benchmark-disable")
+    assert " passed" in out and "failed" not in out
+
+
+def test_year_smoke():
+    out = bench(str(BENCH / "year.py"), "--scale", "0.0002", "--pool", "20000", "--sample", "2000", "--no-progress")
+    assert "decisions/s (compiled, one core)" in out and "plain-Python twin on 2,000 messages" in out
+    decided = int(out.split("decided: ")[1].split()[0].replace(",", ""))
+    assert decided >= 58_000  # 0.0002 of 290 million, all of it
+
+
+def test_e2e_smoke():
+    out = bench(str(BENCH / "e2e.py"), "--seconds", "1", "--runs", "1", "--rates", "1000",
+                "--latency-seconds", "1", "--pool", "2000")  # fmt: skip
+    assert "stategate / baseline:" in out and "added by stategate" in out
+    assert "stategate peak RSS (VmHWM):" in out
+    assert "1,000/1,000" in out  # every query at the fixed rate was answered, on every path
+
+
+def test_soak_smoke():
+    out = bench(str(BENCH / "soak.py"), "--messages", "4000", "--connections", "2")
+    assert "mismatches: 0" in out
+
+
+@pytest.mark.parametrize("script, args", [("logtools.py", ["--lines", "20000", "--runs", "1"]),
+                                          ("sealcost.py", ["--messages", "5000", "--runs", "1"])])  # fmt: skip
+def test_log_benchmarks_smoke(script, args):
+    out = bench(str(BENCH / script), *args)
+    assert "nproc" in out
