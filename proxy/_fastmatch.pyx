@@ -67,6 +67,12 @@ def pattern_matches(str entry, str value):
     return pattern_match(entry, value)
 
 
+def xml_body_names(fields):
+    """The XML fast path's ``names``: the body element local names for pur, rsn, atn
+    and imq in ``fields`` (an XmlFields), each a tuple of bytes."""
+    return tuple(tuple(n.encode() for n in getattr(fields, f)) for f in ("pur", "rsn", "atn", "imq"))
+
+
 cdef class Matcher:
     """A compiled :class:`~proxy._policy.Policy`."""
 
@@ -100,8 +106,7 @@ cdef class Matcher:
         self.monitor = policy.mode == "monitor"
         self.deny_reply = policy.deny_reply
         self.xml_fields = policy.xml
-        self.xml_names = tuple(tuple(n.encode() for n in getattr(policy.xml, f))
-                               for f in ("pur", "rsn", "atn", "imq"))
+        self.xml_names = xml_body_names(policy.xml)
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
         self.n_rules = len(self.rules)

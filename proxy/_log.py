@@ -154,17 +154,29 @@ class _Syncer:
                 self._pending[generation] = os.dup(fd)
                 self._cond.notify()
 
+    #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
+    #: under load; syncing each at once keeps pages under writeback, and appends to
+    #: such a page wait for the disk.  Requests arriving meanwhile coalesce.
+    MIN_INTERVAL = 0.05
+
     def _run(self) -> None:
+        last = -self.MIN_INTERVAL
         while True:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
                 while not self._pending and not self._stopped:
                     self._cond.wait()
+                if not self._stopped:
+                    # let requests gather for what is left of the interval
+                    wait = last + self.MIN_INTERVAL - time.monotonic()
+                    if wait > 0:
+                        self._cond.wait(wait)
                 if not self._pending:
                     return  # stopped, nothing left
                 batch, self._pending = self._pending, {}
                 self._busy = True
+            last = time.monotonic()
             for fd in batch.values():
                 try:
                     os.fsync(fd)

@@ -11,6 +11,7 @@ growing buffers.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import ssl
@@ -90,7 +91,7 @@ def tls_contexts(config: Config, where: str) -> tuple[ssl.SSLContext | None, ssl
 class _Conn:
     """One connection's state for the watchdog and for closing it."""
 
-    __slots__ = ("conn", "last_activity", "frame_since", "engines", "scope", "sends")
+    __slots__ = ("conn", "last_activity", "frame_since", "engines", "scope", "sends", "send_deadline")
 
     def __init__(self, conn: int, now: float, engines: tuple[Engine, Engine]) -> None:
         self.conn = conn
@@ -101,11 +102,13 @@ class _Conn:
         #: Sends under way.  A decided, logged frame is sent whole: its send is
         #: shielded from cancellation, and only a close gives it a deadline.
         self.sends: set[trio.CancelScope] = set()
+        self.send_deadline = math.inf  # set by close, for sends under way or to come
 
     def close(self, grace: float) -> None:
-        deadline = trio.current_time() + grace
+        """Close the pair; sends under way (and any still to start) get ``grace``."""
+        self.send_deadline = min(self.send_deadline, trio.current_time() + grace)
         for send in self.sends:
-            send.deadline = min(send.deadline, deadline)
+            send.deadline = self.send_deadline
         if self.scope is not None:
             self.scope.cancel()
 
@@ -317,7 +320,7 @@ class Proxy:
                             await self._pump(src, engine, dst, dst_lock, src_lock, state)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             pass
-                        nursery.cancel_scope.cancel()
+                        state.close(SEND_GRACE)  # one side is done: close the pair
 
                     nursery.start_soon(pump, client, engine_in, upstream, upstream_lock, client_lock)
                     nursery.start_soon(pump, upstream, engine_out, client, client_lock, upstream_lock)
@@ -388,7 +391,7 @@ class Proxy:
                 deny_reply(rec, payload, matcher.policy, proxy_cfg.framing, self.terminator)
                 for rec, payload in batch.denials
             )
-            with trio.CancelScope(shield=True) as scope:
+            with trio.CancelScope(shield=True, deadline=state.send_deadline) as scope:
                 state.sends.add(scope)
                 try:
                     if batch.forward:

@@ -306,3 +306,34 @@ def _records_of(log: list[dict], msgs) -> list[dict]:
         by_conn.setdefault(r["conn"], []).append(r)
     sizes = [len(m.payload) for m in msgs]
     return next(v for v in by_conn.values() if [r["bytes"] for r in v] == sizes)
+
+
+async def test_a_pair_closing_gives_a_stuck_send_its_grace_not_forever(tmp_path):
+    """The upstream stops reading, then ends its side: the pair closes, and the send
+    stuck toward it gives up after SEND_GRACE instead of holding the connection."""
+    from proxy._server import SEND_GRACE
+
+    stuck = trio.Event()
+
+    async def reads_nothing_then_eof(stream: trio.SocketStream) -> None:
+        await stuck.wait()
+        await stream.send_eof()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, reads_nothing_then_eof, 0, host="127.0.0.1"))
+        up_port = listeners[0].socket.getsockname()[1]
+        warnings: list[str] = []
+        async with running_proxy(tmp_path, policy_text(), upstream_port=up_port, warnings=warnings) as h:
+            async with h.client() as c:
+                chunk = b"".join(frame(Q, "len32") for _ in range(2000))
+                with trio.move_on_after(3):
+                    while True:  # until the proxy's send to the upstream blocks
+                        await c.stream.send_all(chunk)
+                stuck.set()
+                assert await eof_within(c.stream, SEND_GRACE + 5)
+            with trio.fail_after(5):
+                while h.proxy.open_connections:
+                    await trio.sleep(0.05)
+            assert any("closed before a send" in w for w in warnings)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,224 @@
+"""The compiled decoding fast paths answer exactly as the reference decoders, or not at all.
+
+For each format, ``fast_decode_*`` in ``proxy/_fastmatch.pyx`` reads the common shape
+of a payload with byte loops, and returns None for anything else, which the engine
+then gives to the reference decoder in ``proxy/_decode.py``.  Wherever a fast path
+answers, its Message must equal the reference's: these tests hold it to that on
+generated traffic, mutations of it, and random payloads built to find the edges.
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy._decode import DEFAULT_XML_FIELDS, Malformed, XmlFields, decode_json, decode_text, decode_xml
+from proxy._fastmatch import fast_decode_json, fast_decode_text, fast_decode_xml, xml_body_names
+from proxy._traffic import TrafficGenerator
+
+
+def agrees(fmt: str, payload: bytes, fields: XmlFields = DEFAULT_XML_FIELDS) -> bool | None:
+    """True: the fast path answered as the reference; None: it declined.  A difference,
+    or an answer where the reference rejects, fails the test."""
+    if fmt == "text":
+        fast, reference = fast_decode_text(payload), decode_text
+    elif fmt == "xml":
+        fast, reference = fast_decode_xml(payload, xml_body_names(fields)), lambda p: decode_xml(p, fields)
+    else:
+        fast, reference = fast_decode_json(payload), decode_json
+    if fast is None:
+        return None
+    try:
+        ref = reference(payload)
+    except Malformed as exc:
+        raise AssertionError(f"fast path accepted what the reference rejects ({exc}): {payload!r}") from None
+    assert fast == ref, payload
+    return True
+
+
+@pytest.mark.parametrize("fmt", ["text", "xml", "json"])
+def test_generated_traffic(fmt):
+    answered = declined = 0
+    for seed in range(10):
+        gen = TrafficGenerator(seed, formats=((fmt, 1),), malformed_share=0.05)
+        for q in gen.queries(3000):
+            if agrees(fmt, q.payload):
+                answered += 1
+            else:
+                declined += 1
+    # 5% are malformed: the fast path must take nearly all the rest
+    assert answered / (answered + declined) > 0.9
+
+
+# ------------------------------------------------------------------------- text
+
+PIECES = [b".", b"/", b"*", b" ", b"\r", b"\n", b"\r\n", b"TXT", b"PUR/", b"RSN/", b"ATN/", b"IMQ/",
+          b"Y", b"yes", b"TRUE", b"1", b"N", b"C", b"CA", b"AZ0070000", b"TXT000000", b"DQ", b"\t",
+          b"\x00", b"\x7f", b"\xff", b"A", b"9", b"..", b"*C1", b"OLN/S1"]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30), st.integers(0, 2**32))
+def test_text_random_structured_payloads(pieces, seed):
+    rng = random.Random(seed)
+    head = rng.choice([b"DQ.AZ0070000.CA.", b"KQ.AZNLETS20.", b"RQ.AZ0070000.CA.*", b"", b" DQ.AZ0070000."])
+    agrees("text", head + b"".join(pieces))
+
+
+def test_text_random_header_combinations():
+    """Dense random headers from a small alphabet: where the differences would hide."""
+    rng = random.Random(11)
+    alphabet = [b"DQ", b"AZ0070000", b"CA", b"TXT", b"*C1", b"*", b"", b"TXTAB", b"TX", b"NV0130000"]
+    body = [b"PUR/C", b"PUR/ ", b"RSN/I", b"ATN/X Y", b"IMQ/ y ", b"IMQ/TRUE", b"PURX/C", b"NAM/A",
+            b"PUR/12345678901", b"", b" "]  # fmt: skip
+    answered = 0
+    for _ in range(200_000):
+        head = b".".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+        sep = rng.choice([b"", b".", b"\n", b"\r\n"])
+        rest = rng.choice([b".", b"\n", b" . "]).join(rng.choice(body) for _ in range(rng.randint(0, 5)))
+        if agrees("text", head + sep + rest):
+            answered += 1
+    assert answered > 1000
+
+
+CLOCK_LINES = [b"10:01 08/22/2011 35048", b"10:01 08/22/2011 08374 AZNLETS20", b"10:01 08/22/2011 08374 AZNLETS20*Z5",
+               b"10:01 08/22/2011 08374 AZNLETS20.*Z5", b"10:01 08/22/2011 08374 AZ.", b"10:01 08/22/2011 08374 X*",
+               b"10:01 08/22/2011  08374   CA*12345678901", b"1001 08/22/2011", b"10:01x 1 2 CA", b"10:01", b"",
+               b"10:01 a b AZNLETS20*", b"10:01_ 1 2 CA", b" 10:01 1 2 3 NV0130000 "]  # fmt: skip
+TXT_LINES = [b"TXT", b"OR.*Z5.TXT", b"CA.TXT", b"*C1.TXT", b"CA.NV0130000.TXT", b"TXTPUR/C", b"CA.TXT.PUR/F",
+             b"*.TXT", b"CA.*C1.*C2.TXT", b"CA", b"TXT000000.TXT", b"A.B.C.D.E.F.TXT", b"CA.NV.AZ.OR.WA.TXT"]  # fmt: skip
+FIRST_LINES = [b"AM.NLNLEHELP", b"AM.NLNLEHELP.", b"DR.CA0000000", b"DR.CA0000000..", b"D.CA0000000", b"DR"]
+EOL = [b"\n", b"\r\n", b" \n", b"\n\n"]
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.sampled_from(FIRST_LINES), st.sampled_from(CLOCK_LINES), st.sampled_from(CLOCK_LINES),
+       st.sampled_from(TXT_LINES), st.lists(st.sampled_from(PIECES), max_size=12), st.sampled_from(EOL))  # fmt: skip
+def test_text_output_form_variants(first, clock1, clock2, txt, body, eol):
+    agrees("text", eol.join([first, clock1, clock2, txt, b"".join(body)]))
+
+
+def test_text_output_form_examples_from_spec():
+    spec = b"AM.NLNLEHELP\n10:01 08/22/2011 35048\n10:01 08/22/2011 08374 AZNLETS20\nTXT\nNEW HELP MESSAGE"
+    assert agrees("text", spec)
+    assert fast_decode_text(spec).dst == ("AZNLETS20",)
+    variant = b"DR.CA0000000.\n10:01 08/22/2011 35048\n10:01 08/22/2011 08374\nOR.*Z5.TXT\nIMQ/Y"
+    assert agrees("text", variant)
+    assert (fast_decode_text(variant).dst, fast_decode_text(variant).ctl) == (("OR",), "Z5")
+
+
+# -------------------------------------------------------------------------- XML
+
+
+def test_xml_configured_body_names():
+    fields = XmlFields(pur=("Purpose", "PurposeCode"), imq=("Photo",))
+    doc = (b'<?xml version="1.0"?><a:NLETS xmlns:a="urn:a"><a:NLETSMessageHeader>'
+           b"<a:MessageKeyCodeText>DQ</a:MessageKeyCodeText><a:OriginatingORIID>AZ0070000</a:OriginatingORIID>"
+           b"<a:DestinationORIID> CA </a:DestinationORIID></a:NLETSMessageHeader>"
+           b"<Body><Purpose>\n C </Purpose><Photo>yes</Photo><PurposeCode>F</PurposeCode></Body></a:NLETS>")  # fmt: skip
+    assert agrees("xml", doc, fields)
+    msg = fast_decode_xml(doc, xml_body_names(fields))
+    assert (msg.pur, msg.imq, msg.dst) == ("C", True, ("CA",))
+
+
+TAGS = [b"<n2:NLETS>", b"</n2:NLETS>", b"<n2:NLETSMessageHeader>", b"</n2:NLETSMessageHeader>",
+        b"<nh2:MessageKeyCodeText>DQ</nh2:MessageKeyCodeText>", b"<MessageKeyCodeText>KQ</MessageKeyCodeText>",
+        b"<nh2:OriginatingORIID>AZ0070000</nh2:OriginatingORIID>", b"<OriginatingORIID> NV0130000 </OriginatingORIID>",
+        b"<nh2:DestinationORIID>CA</nh2:DestinationORIID>", b"<DestinationORIID/>",
+        b"<nh2:DocumentControlFieldText>C1</nh2:DocumentControlFieldText>",
+        b"<PurposeCode>C</PurposeCode>", b"<j:ReasonCode> I </j:ReasonCode>", b"<AttentionText>SA DOE</AttentionText>",
+        b"<ImageRequestIndicator>true</ImageRequestIndicator>", b"<x a='1' b=\"2\">", b"</x>", b"<x/>",
+        b"<x xmlns:j='urn:j'>", b" ", b"\n", b"\t", b"text", b"<!-- c -->", b"&amp;", b"<![CDATA[x]]>",
+        b"<y a='1'a='2'/>", b"<y a='1' a='2'/>", b"<j:z/>", b"<z:z/>", b"]]>", b"<", b">", b"/", b"'", b'"',
+        b"<?pi x?>", b"\r\n", b"\xc3\xa9"]  # fmt: skip
+
+PROLOGS = [b"", b'<?xml version="1.0"?>', b'<?xml version="1.0" encoding="UTF-8"?>',
+           b'<?xml version="1.1"?>', b" ", b'<?xml version="1.0" encoding="latin-1"?>']  # fmt: skip
+ROOT_OPEN = (b'<n2:NLETS xmlns:n2="urn:n2" xmlns:nh2="urn:nh2" xmlns:j="urn:j">'
+             b"<n2:NLETSMessageHeader>")  # fmt: skip
+
+
+@settings(max_examples=4000, deadline=None)
+@given(st.sampled_from(PROLOGS), st.lists(st.sampled_from(TAGS), max_size=25), st.booleans())
+def test_xml_random_documents(prolog, tags, wrapped):
+    body = b"".join(tags)
+    doc = prolog + (ROOT_OPEN + body + b"</n2:NLETSMessageHeader></n2:NLETS>" if wrapped else body)
+    agrees("xml", doc)
+
+
+def test_xml_random_well_formed_shapes():
+    """Random but well-formed documents, so the fast path answers often."""
+    rng = random.Random(5)
+    answered = 0
+    fields = [("MessageKeyCodeText", ["DQ", "KQ", "D1", "dq", "ABCD", ""]),
+              ("OriginatingORIID", ["AZ0070000", "1Z0070000", "AZ007", ""]),
+              ("DestinationORIID", ["CA", "NV0130000", "C", " CA ", "CA\nX"]),
+              ("DocumentControlFieldText", ["C1", "", "  ", "12345678901", "A\tB"]),
+              ("PurposeCode", ["C", "", "\n", "TOOLONGCODE1"]), ("ReasonCode", ["I", "N "]),
+              ("AttentionText", ["SA DOE", "X" * 101]), ("ImageRequestIndicator", ["Y", "no", "1", "TRUE", "t"])]  # fmt: skip
+    for _ in range(20_000):
+        parts = []
+        chosen = fields[:3] + rng.sample(fields[3:], rng.randint(0, len(fields) - 3))
+        for name, values in chosen:
+            for _ in range(rng.choice([1, 1, 1, 1, 2, 6])):
+                prefix = rng.choice(["", "nh2:", "j:"])
+                v = values[0] if rng.random() < 0.9 else rng.choice(values)
+                parts.append(f"<{prefix}{name}>{v}</{prefix}{name}>" if v or rng.random() < 0.5
+                             else f"<{prefix}{name}/>")  # fmt: skip
+        split = rng.randint(0, len(parts)) if rng.random() < 0.1 else rng.randint(len(parts) // 2, len(parts))
+        doc = (f'<n2:NLETS xmlns:n2="urn:n2" xmlns:nh2="urn:nh2" xmlns:j="urn:j">'
+               f"<n2:NLETSMessageHeader>{''.join(parts[:split])}</n2:NLETSMessageHeader>"
+               f"<n2:Body>{''.join(parts[split:])}</n2:Body></n2:NLETS>")  # fmt: skip
+        if agrees("xml", doc.encode()):
+            answered += 1
+    assert answered > 2000
+
+
+# ------------------------------------------------------------------------- JSON
+
+
+TEXTS = st.sampled_from(["", " ", "C", " c ", "I", "DQ", "dq", "DQG", "DQGX", "AZ0070000", "1Z0070000",
+                         "AZ007000é", "CA", "C\u0660", "X" * 11, "Y" * 101, "SA DOE", "A\tB", "\u00e9", "\x00",
+                         "NV0130000", "Ⅻ", "  F  "])  # fmt: skip
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.fixed_dictionaries({"mke": TEXTS, "ori": TEXTS, "dst": st.lists(TEXTS, max_size=7)},
+                             optional={"ctl": st.none() | TEXTS, "pur": st.none() | TEXTS,
+                                       "rsn": st.none() | TEXTS, "atn": st.none() | TEXTS,
+                                       "imq": st.none() | st.booleans(), "body": st.just({"NAM": "X"})}))  # fmt: skip
+def test_json_random_field_values(obj):
+    agrees("json", msgspec.json.encode(obj))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=200))
+def test_json_random_bytes(data):
+    agrees("json", b'{"mke":"DQ","ori":"AZ0070000","dst":["CA"],' + data)
+
+
+# ---------------------------------------------------------------- all formats
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["text", "xml", "json"]), st.data())
+def test_mutations_of_valid_messages(fmt, data):
+    """Valid generated messages with pieces of markup inserted, deleted or overwritten."""
+    pieces = {"text": PIECES, "xml": TAGS, "json": [b'"', b",", b"}", b"{", b"null", b'"mke":', b"[]", b" "]}[fmt]
+    gen = TrafficGenerator(data.draw(st.integers(0, 10_000)), formats=((fmt, 1),), malformed_share=0)
+    payload = bytearray(gen.query().payload)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(payload)))
+        op = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        piece = data.draw(st.sampled_from(pieces))
+        if op == "insert":
+            payload[pos:pos] = piece
+        elif op == "delete":
+            del payload[pos : pos + data.draw(st.integers(1, 20))]
+        else:
+            payload[pos : pos + len(piece)] = piece
+    agrees(fmt, bytes(payload))
