@@ -134,8 +134,8 @@ class _Syncer:
     A seal asks for its file to be synced and returns at once: the proxy's event loop
     never waits on the disk.  The request holds a duplicate of the file descriptor, so
     a rotation or reopen can close the original meanwhile and the right file is still
-    synced.  Requests for the same open file that arrive while one thread is busy
-    coalesce into one fsync.
+    synced.  Requests for the same open file coalesce into one fsync, and fsyncs start
+    at most every MIN_INTERVAL seconds.
     """
 
     def __init__(self, on_error: Callable[[OSError], None]) -> None:
@@ -167,11 +167,10 @@ class _Syncer:
                 self._cond.notify_all()
                 while not self._pending and not self._stopped:
                     self._cond.wait()
-                if not self._stopped:
-                    # let requests gather for what is left of the interval
-                    wait = last + self.MIN_INTERVAL - time.monotonic()
-                    if wait > 0:
-                        self._cond.wait(wait)
+                # let requests gather for what is left of the interval (a stop ends it)
+                deadline = last + self.MIN_INTERVAL
+                while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
+                    self._cond.wait(remaining)
                 if not self._pending:
                     return  # stopped, nothing left
                 batch, self._pending = self._pending, {}
