@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from functools import partial
@@ -19,6 +20,15 @@ from .conftest import eof_within, http_get, policy_text, read_log, running_proxy
 
 Q = b"RQ.AZ0070000.CA.*C1.TXT\nLIC/ZZ12345"
 DENIED = b"DQ.VTICE0900.CA.*C2.TXT\nOLN/S1234567"
+
+
+@contextlib.asynccontextmanager
+async def upstream_running(handler):
+    """A bare upstream on loopback that runs ``handler`` per connection; yields its port."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
 
 
 async def test_metrics_and_healthz(tmp_path):
@@ -51,9 +61,7 @@ async def test_upstream_closing_mid_stream_closes_the_client(tmp_path):
         await stream.receive_some(10)  # read a little, then hang up
         await stream.aclose()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, upstream, 0, host="127.0.0.1"))
-        up_port = listeners[0].socket.getsockname()[1]
+    async with upstream_running(upstream) as up_port:
         async with running_proxy(tmp_path, policy_text(), upstream_port=up_port) as h:
             async with h.client() as c:
                 await c.send(Q)
@@ -63,7 +71,6 @@ async def test_upstream_closing_mid_stream_closes_the_client(tmp_path):
                     await c2.send(Q)
                     assert await eof_within(c2.stream, 5)
             assert h.proxy.open_connections == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_listen_side_closing_mid_frame_logs_an_incomplete_reject(tmp_path):
@@ -82,9 +89,7 @@ async def test_slow_upstream_reader_gets_backpressure_not_buffering(tmp_path):
     async def never_reads(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, never_reads, 0, host="127.0.0.1"))
-        up_port = listeners[0].socket.getsockname()[1]
+    async with upstream_running(never_reads) as up_port:
         async with running_proxy(tmp_path, policy_text(), upstream_port=up_port) as h:
             async with h.client() as c:
                 sent = 0
@@ -108,7 +113,6 @@ async def test_slow_upstream_reader_gets_backpressure_not_buffering(tmp_path):
                 assert second == first
                 assert first < 64 * 1024 * 1024
                 assert h.proxy.open_connections == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_slow_client_reader_stalls_the_upstream(tmp_path):
@@ -126,16 +130,13 @@ async def test_slow_client_reader_stalls_the_upstream(tmp_path):
             except trio.BrokenResourceError:
                 pass  # the proxy closed the pair at the end of the test
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, chatty, 0, host="127.0.0.1"))
-        up_port = listeners[0].socket.getsockname()[1]
+    async with upstream_running(chatty) as up_port:
         async with running_proxy(tmp_path, policy_text(), upstream_port=up_port) as h:
             async with h.client():  # never reads
                 await trio.sleep(1.5)
                 first = sent
                 await trio.sleep(1.5)
                 assert sent == first and first < 64 * 1024 * 1024
-        nursery.cancel_scope.cancel()
 
 
 async def test_idle_timeout_and_max_connections(tmp_path):
@@ -320,9 +321,7 @@ async def test_a_pair_closing_gives_a_stuck_send_its_grace_not_forever(tmp_path)
         await stream.send_eof()
         await trio.sleep_forever()
 
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, reads_nothing_then_eof, 0, host="127.0.0.1"))
-        up_port = listeners[0].socket.getsockname()[1]
+    async with upstream_running(reads_nothing_then_eof) as up_port:
         warnings: list[str] = []
         async with running_proxy(tmp_path, policy_text(), upstream_port=up_port, warnings=warnings) as h:
             async with h.client() as c:
@@ -336,4 +335,3 @@ async def test_a_pair_closing_gives_a_stuck_send_its_grace_not_forever(tmp_path)
                 while h.proxy.open_connections:
                     await trio.sleep(0.05)
             assert any("closed before a send" in w for w in warnings)
-        nursery.cancel_scope.cancel()

@@ -4,6 +4,7 @@ a second signal exits at once."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -52,7 +53,11 @@ class RecordingUpstream:
             c.close()
 
 
-def start_proxy(tmp_path: Path, upstream: RecordingUpstream) -> tuple[subprocess.Popen, int, Path]:
+@contextlib.contextmanager
+def proxy_process(tmp_path: Path, *, read: bool = True):
+    """`stategate run` before a RecordingUpstream; yields (process, listen port, log
+    path, upstream), and kills what is left at the end."""
+    upstream = RecordingUpstream(read=read)
     listen = free_port()
     log_path = tmp_path / "decisions.jsonl"
     config = tmp_path / "stategate.toml"
@@ -61,7 +66,12 @@ def start_proxy(tmp_path: Path, upstream: RecordingUpstream) -> tuple[subprocess
         f'[log]\npath = "{log_path}"\n' + policy_text()
     )
     proc = subprocess.Popen([*CLI, "run", "-c", str(config)], stderr=subprocess.PIPE)
-    return proc, listen, log_path
+    try:
+        yield proc, listen, log_path, upstream
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        upstream.close()
 
 
 def verify(log_path: Path) -> subprocess.CompletedProcess:
@@ -70,9 +80,7 @@ def verify(log_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_under_traffic_finishes_frames_seals_and_exits_0(tmp_path, signum):
-    upstream = RecordingUpstream()
-    proc, listen, log_path = start_proxy(tmp_path, upstream)
-    try:
+    with proxy_process(tmp_path) as (proc, listen, log_path, upstream):
         client = connect(listen, time.monotonic() + 15)
         chunk = framed_stream(list(TrafficGenerator(seed=7).queries(500)), "len32", b"")
         stop = threading.Event()
@@ -117,10 +125,6 @@ def test_signal_under_traffic_finishes_frames_seals_and_exits_0(tmp_path, signum
         forwarded = [r for r in log if r["dir"] == "in" and r["forwarded"]]
         assert len(forwarded) == len(upstream.frames)
         assert [r["bytes"] for r in forwarded] == [len(f) - 4 for f in upstream.frames]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        upstream.close()
 
 
 def stick_a_send(listen: int) -> socket.socket:
@@ -139,9 +143,7 @@ def stick_a_send(listen: int) -> socket.socket:
 
 
 def test_a_stuck_send_gets_its_grace_then_the_proxy_exits_0(tmp_path):
-    upstream = RecordingUpstream(read=False)
-    proc, listen, log_path = start_proxy(tmp_path, upstream)
-    try:
+    with proxy_process(tmp_path, read=False) as (proc, listen, log_path, upstream):
         stick_a_send(listen)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=SEND_GRACE + 15) == 0
@@ -149,16 +151,10 @@ def test_a_stuck_send_gets_its_grace_then_the_proxy_exits_0(tmp_path):
         assert "closed before a send of" in err and "Traceback" not in err
         result = verify(log_path)
         assert result.returncode == 0 and b"unsealed" not in result.stdout, result.stdout + result.stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        upstream.close()
 
 
 def test_second_signal_exits_at_once_while_a_send_is_stuck(tmp_path):
-    upstream = RecordingUpstream(read=False)
-    proc, listen, log_path = start_proxy(tmp_path, upstream)
-    try:
+    with proxy_process(tmp_path, read=False) as (proc, listen, log_path, upstream):
         stick_a_send(listen)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -170,7 +166,3 @@ def test_second_signal_exits_at_once_while_a_send_is_stuck(tmp_path):
         # What was logged is whole lines (an unsealed tail, not a broken seal).
         result = verify(log_path)
         assert result.returncode == 0, result.stdout + result.stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        upstream.close()
