@@ -41,6 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
+from proxy._framing import frame  # noqa: E402
+
 HERE = Path(__file__).resolve()
 
 
@@ -83,26 +85,28 @@ def build_pool(seed: int, size: int, answered_only: bool) -> list[tuple[bytes, b
 
 
 def len32(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
+    return frame(payload, "len32")
 
 
-class FrameCounter:
-    """Counts len32 frames in a byte stream (what the load generator receives)."""
+class Len32Splitter:
+    """Whole len32 payloads out of a byte stream, for the load generator and the
+    switch: the bare minimum, so that neither is what a run measures."""
 
     def __init__(self) -> None:
         self.buf = b""
 
-    def feed(self, data: bytes) -> int:
+    def feed(self, data: bytes) -> list[bytes]:
         buf = self.buf + data
-        pos, n, end = 0, 0, len(buf)
+        out = []
+        pos, end = 0, len(buf)
         while end - pos >= 4:
             size = int.from_bytes(buf[pos : pos + 4], "big")
             if end - pos - 4 < size:
                 break
+            out.append(buf[pos + 4 : pos + 4 + size])
             pos += 4 + size
-            n += 1
         self.buf = buf[pos:]
-        return n
+        return out
 
 
 # -------------------------------------------------------------------- roles
@@ -119,20 +123,11 @@ def role_switch(args: argparse.Namespace) -> None:
 
     def serve(conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
+        splitter = Len32Splitter()
         lookup = table.get
         with conn:
             while data := conn.recv(1 << 18):
-                buf += data
-                out = []
-                pos, end = 0, len(buf)
-                while end - pos >= 4:
-                    size = int.from_bytes(buf[pos : pos + 4], "big")
-                    if end - pos - 4 < size:
-                        break
-                    out.append(lookup(buf[pos + 4 : pos + 4 + size], b""))
-                    pos += 4 + size
-                buf = buf[pos:]
+                out = [lookup(q, b"") for q in splitter.feed(data)]
                 if out:
                     try:
                         conn.sendall(b"".join(out))
@@ -180,7 +175,7 @@ def throughput_run(port: int, pool: list[bytes], connections: int, seconds: floa
             k += 1
 
     def receiver(i: int) -> None:
-        s, fc = socks[i], FrameCounter()
+        s, fc = socks[i], Len32Splitter()
         s.settimeout(2.0)  # quiet for 2 s after the senders stopped: done
         while True:
             try:
@@ -191,7 +186,7 @@ def throughput_run(port: int, pool: list[bytes], connections: int, seconds: floa
                 continue
             if not data:
                 return
-            received[i] += fc.feed(data)
+            received[i] += len(fc.feed(data))
             last_rx[i] = time.perf_counter()
 
     threads = [threading.Thread(target=f, args=(i,)) for i in range(connections) for f in (sender, receiver)]
@@ -217,7 +212,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
     done = threading.Event()
 
     def receiver() -> None:
-        fc = FrameCounter()
+        fc = Len32Splitter()
         s.settimeout(10)
         got = 0
         try:
@@ -226,7 +221,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
                 if not data:
                     break
                 now = time.perf_counter()
-                for _ in range(fc.feed(data)):
+                for _ in fc.feed(data):
                     rtts.append(now - sent_at.popleft())
                     got += 1
         except TimeoutError:

@@ -439,6 +439,16 @@ cdef inline bint _ws(unsigned char c) noexcept nogil:
     """Whitespace the fast paths can meet (they decline CR and other controls)."""
     return c == 32 or c == 9 or c == 10
 
+cdef inline Py_ssize_t _strip_a(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while a < b and _ws(p[a]):
+        a += 1
+    return a
+
+cdef inline Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while b > a and _ws(p[b - 1]):
+        b -= 1
+    return b
+
 cdef inline bint _upper(unsigned char c) noexcept nogil:
     return 65 <= c <= 90
 
@@ -462,10 +472,8 @@ cdef object _code(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t
     """A stripped element value; None when empty; bad when longer than limit or
     holding a tab or line break (not printable, so the reference rejects it)."""
     cdef Py_ssize_t i
-    while a < b and _ws(p[a]):
-        a += 1
-    while b > a and _ws(p[b - 1]):
-        b -= 1
+    a = _strip_a(p, a, b)
+    b = _strip_b(p, a, b)
     if a == b:
         return None
     if b - a > limit:
@@ -480,15 +488,11 @@ cdef object _code(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t
 cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """Y, YES, TRUE or 1, in any case, after stripping spaces."""
     cdef Py_ssize_t n
-    cdef unsigned char c0
-    while a < b and _ws(p[a]):
-        a += 1
-    while b > a and _ws(p[b - 1]):
-        b -= 1
+    a = _strip_a(p, a, b)
+    b = _strip_b(p, a, b)
     n = b - a
     if n == 1:
-        c0 = p[a] | 32
-        return c0 == 121 or p[a] == 49  # y, 1
+        return (p[a] | 32) == 121 or p[a] == 49  # y, 1
     if n == 3:
         return (p[a] | 32) == 121 and (p[a + 1] | 32) == 101 and (p[a + 2] | 32) == 115  # yes
     if n == 4:
@@ -786,17 +790,6 @@ cdef bint _in_names(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, tuple na
             return True
     return False
 
-cdef Py_ssize_t _strip_a(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    while a < b and _ws(p[a]):
-        a += 1
-    return a
-
-cdef Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    while b > a and _ws(p[b - 1]):
-        b -= 1
-    return b
-
-
 def fast_decode_xml(bytes payload, tuple names):
     """The reference's Message for a simple XML payload, or None.  ``names``: the body
     element local names for pur, rsn, atn and imq, each a tuple of bytes."""
@@ -1005,13 +998,15 @@ cdef tuple _xml_fields(bytes payload, tuple names):
     if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
         return None
     # the header's values, stripped and checked as the reference checks them
-    mke_a, mke_b = _strip_a(p, mke_a, mke_b), _strip_b(p, mke_a, mke_b)
+    mke_a = _strip_a(p, mke_a, mke_b)
+    mke_b = _strip_b(p, mke_a, mke_b)
     if not (2 <= mke_b - mke_a <= 3):
         return None
     for k in range(mke_a, mke_b):
         if not _upper(p[k]):
             return None
-    ori_a, ori_b = _strip_a(p, ori_a, ori_b), _strip_b(p, ori_a, ori_b)
+    ori_a = _strip_a(p, ori_a, ori_b)
+    ori_b = _strip_b(p, ori_a, ori_b)
     if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
         return None
     for k in range(ori_a + 2, ori_b):
@@ -1019,7 +1014,8 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             return None
     dst = PyTuple_New(ndst)
     for f in range(ndst):
-        dst_a[f], dst_b[f] = _strip_a(p, dst_a[f], dst_b[f]), _strip_b(p, dst_a[f], dst_b[f])
+        dst_a[f] = _strip_a(p, dst_a[f], dst_b[f])
+        dst_b[f] = _strip_b(p, dst_a[f], dst_b[f])
         if not _is_dst(p, dst_a[f], dst_b[f]):
             return None
         d = _ascii(p, dst_a[f], dst_b[f])

@@ -144,7 +144,6 @@ class _Syncer:
         self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
         self._busy = False
         self._stopped = False
-        self.syncs = 0
         self._thread = threading.Thread(target=self._run, name="stategate-fsync", daemon=True)
         self._thread.start()
 
@@ -179,7 +178,6 @@ class _Syncer:
             for fd in batch.values():
                 try:
                     os.fsync(fd)
-                    self.syncs += 1
                 except OSError as exc:
                     self._on_error(exc)
                 finally:

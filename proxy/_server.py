@@ -324,7 +324,7 @@ class Proxy:
 
                     nursery.start_soon(pump, client, engine_in, upstream, upstream_lock, client_lock)
                     nursery.start_soon(pump, upstream, engine_out, client, client_lock, upstream_lock)
-                    nursery.start_soon(self._watch, state, conn)
+                    nursery.start_soon(self._watch, state)
         finally:
             self._conns.discard(state)
             self._log_incomplete(engine_in, engine_out)
@@ -340,7 +340,7 @@ class Proxy:
                 self.sequencer.seq -= len(records)
                 self.warn(f"{exc}; could not log {len(records)} incomplete frame(s)")
 
-    async def _watch(self, state: _Conn, conn: int) -> None:
+    async def _watch(self, state: _Conn) -> None:
         """Close a connection idle for idle_timeout (nothing received either way,
         which includes a reader that stopped reading), or holding a partial frame open
         for frame_timeout (a slowloris trickling bytes is not idle)."""
@@ -349,11 +349,11 @@ class Proxy:
             await trio.sleep(WATCH_EVERY)
             now = trio.current_time()
             if now - state.last_activity >= cfg.idle_timeout:
-                self.warn(f"conn {conn}: idle for {cfg.idle_timeout:g}s; closed")
+                self.warn(f"conn {state.conn}: idle for {cfg.idle_timeout:g}s; closed")
                 state.close(0)
                 return
             if state.frame_since is not None and now - state.frame_since >= cfg.frame_timeout:
-                self.warn(f"conn {conn}: a frame held incomplete for {cfg.frame_timeout:g}s; closed")
+                self.warn(f"conn {state.conn}: a frame held incomplete for {cfg.frame_timeout:g}s; closed")
                 state.close(0)
                 return
 
