@@ -73,7 +73,7 @@ def build_log(path: Path, lines: int, *, seal_every: int = 1000, seed: int = 1) 
                 e = Engine(direction, 1 + i % 50, f"127.0.0.1:{40000 + i % 50}", "len32", 1 << 20,
                            b"\r\n\x7f", seqr)  # fmt: skip
                 batch = e.feed(chunk, matcher, utc_timestamp())
-                log.write(batch.records)
-                written += len(batch.records)
+                log.write_lines(batch.lines, batch.count, batch.last_seq)
+                written += batch.count
             i += 1
     return written

@@ -62,7 +62,7 @@ def main() -> None:
                 t = time.perf_counter()
                 for c in chunks:
                     batch = engine.feed(c, matcher, utc_timestamp())
-                    log.write(batch.records)
+                    log.write_lines(batch.lines, batch.count, batch.last_seq)
                     log.tick()
                 # steady state: the final seal and fsync at close happen once a run
                 results[name].append(args.messages / (time.perf_counter() - t))

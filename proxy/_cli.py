@@ -83,8 +83,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     engine = fast.Engine(args.dir, 0, None, "len32", config.proxy.max_frame, b"\r\n\x7f",
                          Sequencer())  # fmt: skip
     batch = engine.feed(frame(payload, "len32"), fast.Matcher(policy), utc_timestamp())
-    for rec in batch.records:
-        sys.stdout.buffer.write(msgspec.json.encode(rec) + b"\n")
+    sys.stdout.buffer.write(batch.lines)
     sys.stdout.flush()
     return 0
 

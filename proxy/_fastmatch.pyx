@@ -13,24 +13,60 @@ require the two to agree.
 """
 
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, free, realloc
-from libc.string cimport memchr, memcmp, memcpy
+from libc.stdlib cimport calloc, malloc, free, realloc
+from libc.string cimport memchr, memcmp, memcpy, memset
 from cpython.dict cimport PyDict_GetItem
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1
 
-import sys
+import msgspec
 
-from ._decode import BLANK, Malformed, _json_decoder, decode_json, decode_text, decode_xml
+from ._decode import Malformed, decode_json, decode_text, decode_xml
+from ._pipeline import Batch
 from ._types import LogRecord, Message
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
 cdef extern from *:
     """
     static inline int sg_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
+    #define SG_KEY_MASK ((1ULL << 47) - 1)
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* The index of the first byte of p[i:n] that is below 0x20, 0x7f or above, or
+       equal to a or b; n if none.  Sixteen bytes at a time where SSE2 is there. */
+    static inline Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i,
+                                             Py_ssize_t n, unsigned char a, unsigned char b) {
+    #if defined(__SSE2__)
+        const __m128i lo = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
+        const __m128i va = _mm_set1_epi8((char) a), vb = _mm_set1_epi8((char) b);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*) (p + i));
+            /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
+            __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, del));
+            m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
+            int bits = _mm_movemask_epi8(m);
+            if (bits)
+                return i + __builtin_ctz(bits);
+            i += 16;
+        }
+    #endif
+        for (; i < n; i++) {
+            unsigned char c = p[i];
+            if (c < 0x20 || c >= 0x7f || c == a || c == b)
+                return i;
+        }
+        return n;
+    }
     """
     int sg_ctz64(unsigned long long x)
+    Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                               unsigned char a, unsigned char b) noexcept nogil
+    const uint64_t KEY_MASK "SG_KEY_MASK"  # a packed party (see KEY_BITS)
 
 # Keep per-value mask caches bounded: a hostile stream of distinct ORIs must not grow
 # memory without end.
@@ -73,358 +109,6 @@ def xml_body_names(fields):
     return tuple(tuple(n.encode() for n in getattr(fields, f)) for f in ("pur", "rsn", "atn", "imq"))
 
 
-cdef class Matcher:
-    """A compiled :class:`~proxy._policy.Policy`."""
-
-    cdef readonly object policy
-    cdef readonly str rev
-    cdef readonly str mode
-    cdef readonly bint monitor
-    cdef readonly bint deny_reply
-    cdef readonly object xml_fields
-    cdef readonly tuple xml_names  # the body element names, as bytes, for the fast path
-    cdef Py_ssize_t n_rules, n_words
-    cdef list rules, rule_ids, group_entries
-    cdef bytes decide_mask, shadow_mask, imq_true, imq_false, atn_missing, atn_present
-    cdef bytes dst_free, dir_in, dir_out
-    cdef dict agency_cache, mke_cache, pur_cache, rsn_cache, dst_cache
-    cdef int default_action
-    cdef uint64_t* acc
-    cdef uint64_t* dst_acc
-    # results of the last decide_c call
-    cdef Py_ssize_t last_rule, last_shadow
-    cdef object last_agency, last_groups
-
-    def __cinit__(self):
-        self.acc = NULL
-        self.dst_acc = NULL
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.rev = policy.rev
-        self.mode = policy.mode
-        self.monitor = policy.mode == "monitor"
-        self.deny_reply = policy.deny_reply
-        self.xml_fields = policy.xml
-        self.xml_names = xml_body_names(policy.xml)
-        self.rules = list(policy.rules)
-        self.rule_ids = [r.id for r in self.rules]
-        self.n_rules = len(self.rules)
-        self.n_words = max(1, (self.n_rules + 63) // 64)
-        self.group_entries = [(g.name, g.ori) for g in policy.groups]
-        self.default_action = ACT_DENY if policy.default == "deny" else ACT_ALLOW
-        self.acc = <uint64_t*> malloc(self.n_words * sizeof(uint64_t))
-        self.dst_acc = <uint64_t*> malloc(self.n_words * sizeof(uint64_t))
-        if self.acc == NULL or self.dst_acc == NULL:
-            raise MemoryError()
-        rules = self.rules
-        self.decide_mask = self._mask([not r.shadow for r in rules])
-        self.shadow_mask = self._mask([r.shadow for r in rules])
-        self.dir_in = self._mask([r.direction in ("in", "any") for r in rules])
-        self.dir_out = self._mask([r.direction in ("out", "any") for r in rules])
-        self.imq_true = self._mask([r.photo is None or r.photo for r in rules])
-        self.imq_false = self._mask([r.photo is None or not r.photo for r in rules])
-        self.atn_missing = self._mask([r.attention != "present" for r in rules])
-        self.atn_present = self._mask([r.attention != "missing" for r in rules])
-        self.dst_free = self._mask([r.dst is None for r in rules])
-        self.agency_cache = {}
-        self.mke_cache = {}
-        self.pur_cache = {}
-        self.rsn_cache = {}
-        self.dst_cache = {}
-
-    def __dealloc__(self):
-        free(self.acc)
-        free(self.dst_acc)
-
-    cdef bytes _mask(self, list bits):
-        cdef Py_ssize_t w, i
-        words = []
-        for w in range(self.n_words):
-            value = 0
-            for i in range(64):
-                if w * 64 + i < len(bits) and bits[w * 64 + i]:
-                    value |= (<object> 1) << i
-            words.append(value.to_bytes(8, sys.byteorder))
-        return b"".join(words)
-
-    # ---------------------------------------------------------- per-value masks
-
-    cdef tuple _groups(self, str value):
-        return tuple([name for name, entries in self.group_entries
-                      if any(pattern_match(e, value) for e in entries)])
-
-    cdef bint _entry(self, str entry, str value, tuple groups):
-        if entry[0] == u'@':
-            return entry[1:] in groups
-        return pattern_match(entry, value)
-
-    cdef tuple _agency_info(self, object agency):
-        info = self.agency_cache.get(agency)
-        if info is not None:
-            return <tuple> info
-        if agency is None:
-            groups = ()
-            bits = [r.agency is None for r in self.rules]
-        else:
-            groups = self._groups(agency)
-            bits = [r.agency is None or any(self._entry(e, agency, groups) for e in r.agency)
-                    for r in self.rules]
-        info = (self._mask(bits), groups)
-        if len(self.agency_cache) >= CACHE_LIMIT:
-            self.agency_cache.clear()
-        self.agency_cache[agency] = info
-        return <tuple> info
-
-    cdef bytes _mke_mask(self, str mke):
-        mask = self.mke_cache.get(mke)
-        if mask is None:
-            mask = self._mask([r.mke is None or mke in r.mke for r in self.rules])
-            if len(self.mke_cache) >= CACHE_LIMIT:
-                self.mke_cache.clear()
-            self.mke_cache[mke] = mask
-        return <bytes> mask
-
-    cdef bytes _code_mask(self, dict cache, object code, bint purpose):
-        mask = cache.get(code)
-        if mask is None:
-            bits = []
-            for r in self.rules:
-                codes = r.purpose if purpose else r.reason
-                if codes is None:
-                    bits.append(True)
-                elif code is None:
-                    bits.append("none" in codes)
-                else:
-                    bits.append(code != "none" and code in codes)
-            mask = self._mask(bits)
-            if len(cache) >= CACHE_LIMIT:
-                cache.clear()
-            cache[code] = mask
-        return <bytes> mask
-
-    cdef bytes _dst_mask(self, str d):
-        mask = self.dst_cache.get(d)
-        if mask is None:
-            groups = self._groups(d)
-            mask = self._mask([r.dst is not None and any(self._entry(e, d, groups) for e in r.dst)
-                               for r in self.rules])
-            if len(self.dst_cache) >= CACHE_LIMIT:
-                self.dst_cache.clear()
-            self.dst_cache[d] = mask
-        return <bytes> mask
-
-    # ------------------------------------------------------------------ decide
-
-    cdef int decide_c(self, str mke, str ori, tuple dst, object pur, object rsn,
-                      bint has_atn, bint imq, int direction) except -1:
-        """Sets last_rule (-1: default), last_shadow (-1: none), last_agency and
-        last_groups; returns ACT_ALLOW or ACT_DENY."""
-        cdef Py_ssize_t w, nw = self.n_words, idx, s
-        cdef uint64_t* acc = self.acc
-        cdef uint64_t* dacc = self.dst_acc
-        cdef const uint64_t* m
-        cdef uint64_t bits
-        agency = ori if direction == DIR_IN else (dst[0] if dst else None)
-        info = self._agency_info(agency)
-        self.last_agency = agency
-        self.last_groups = info[1]
-
-        m = <const uint64_t*> PyBytes_AS_STRING(<bytes> info[0])
-        for w in range(nw):
-            acc[w] = m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self.dir_in if direction == DIR_IN else self.dir_out)
-        for w in range(nw):
-            acc[w] &= m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self._mke_mask(mke))
-        for w in range(nw):
-            acc[w] &= m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self.imq_true if imq else self.imq_false)
-        for w in range(nw):
-            acc[w] &= m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self.atn_present if has_atn else self.atn_missing)
-        for w in range(nw):
-            acc[w] &= m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self._code_mask(self.pur_cache, pur, True))
-        for w in range(nw):
-            acc[w] &= m[w]
-        m = <const uint64_t*> PyBytes_AS_STRING(self._code_mask(self.rsn_cache, rsn, False))
-        for w in range(nw):
-            acc[w] &= m[w]
-        # destinations: a rule without a dst condition, or any destination matching
-        m = <const uint64_t*> PyBytes_AS_STRING(self.dst_free)
-        for w in range(nw):
-            dacc[w] = m[w]
-        for d in dst:
-            m = <const uint64_t*> PyBytes_AS_STRING(self._dst_mask(d))
-            for w in range(nw):
-                dacc[w] |= m[w]
-        for w in range(nw):
-            acc[w] &= dacc[w]
-
-        # first deciding rule
-        idx = -1
-        m = <const uint64_t*> PyBytes_AS_STRING(self.decide_mask)
-        for w in range(nw):
-            bits = acc[w] & m[w]
-            if bits:
-                idx = w * 64 + sg_ctz64(bits)
-                break
-        # first shadow rule before it
-        s = -1
-        m = <const uint64_t*> PyBytes_AS_STRING(self.shadow_mask)
-        for w in range(nw):
-            bits = acc[w] & m[w]
-            if bits:
-                s = w * 64 + sg_ctz64(bits)
-                break
-        if idx >= 0 and s > idx:
-            s = -1
-        self.last_rule = idx
-        self.last_shadow = s
-        if idx < 0:
-            return self.default_action
-        return ACT_DENY if self.rules[idx].action == "deny" else ACT_ALLOW
-
-    def decide(self, msg, str direction):
-        """Python-visible: (action, rule, shadow, agency, groups) for one Message."""
-        cdef int act = self.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn,
-                                     msg.atn is not None, msg.imq,
-                                     DIR_IN if direction == "in" else DIR_OUT)
-        return (
-            "deny" if act == ACT_DENY else "allow",
-            self.rule_ids[self.last_rule] if self.last_rule >= 0 else "default",
-            self.rule_ids[self.last_shadow] if self.last_shadow >= 0 else None,
-            self.last_agency,
-            self.last_groups,
-        )
-
-    def rule(self, str rule_id):
-        """The Rule with this id (for deny replies), or None."""
-        for r in self.rules:
-            if r.id == rule_id:
-                return r
-        return None
-
-
-# ---------------------------------------------------------------------- framing
-
-
-cdef class _Framer:
-    """Compiled framing; the plain statement is proxy._framing."""
-
-    cdef bytearray buf
-    cdef Py_ssize_t max_frame
-    cdef bint delimited
-    cdef bytes term
-    cdef Py_ssize_t tlen
-    cdef Py_ssize_t skip      # len32: payload bytes still to discard
-    cdef Py_ssize_t skipped   # delimited: >= 0 while discarding
-
-    def __init__(self, bint delimited, Py_ssize_t max_frame, bytes terminator):
-        self.buf = bytearray()
-        self.max_frame = max_frame
-        self.delimited = delimited
-        self.term = terminator
-        self.tlen = len(terminator)
-        self.skip = 0
-        self.skipped = -1
-
-    @property
-    def pending(self):
-        """Bytes of a frame not yet complete and not yet decided."""
-        return len(self.buf) + (self.skipped if self.skipped > 0 else 0)
-
-    @property
-    def busy(self):
-        """Within a frame, including one being skipped."""
-        return len(self.buf) > 0 or self.skip > 0 or self.skipped >= 0
-
-    cdef list feed(self, bytes data):
-        if self.delimited:
-            return self._feed_delimited(data)
-        return self._feed_len32(data)
-
-    cdef list _feed_len32(self, bytes data):
-        cdef list events = []
-        cdef Py_ssize_t taken, pos = 0, n, avail
-        cdef unsigned long long size
-        cdef const unsigned char* p
-        if self.skip:
-            taken = min(self.skip, len(data))
-            self.skip -= taken
-            if taken:
-                data = data[taken:]
-        buf = self.buf
-        if len(buf):
-            buf += data
-            src = bytes(buf)
-        else:
-            src = data
-        n = len(src)
-        p = <const unsigned char*> PyBytes_AS_STRING(src)
-        while n - pos >= 4:
-            size = (<unsigned long long> p[pos] << 24) | (p[pos + 1] << 16) | (p[pos + 2] << 8) | p[pos + 3]
-            if size > <unsigned long long> self.max_frame:
-                events.append(("oversize", size))
-                avail = n - pos - 4
-                if <unsigned long long> avail >= size:
-                    pos += 4 + <Py_ssize_t> size
-                    continue
-                self.skip = <Py_ssize_t> size - avail
-                pos = n
-                break
-            if <unsigned long long> (n - pos - 4) < size:
-                break
-            raw = src[pos:pos + 4 + size]
-            events.append(("frame", raw[4:], raw))
-            pos += 4 + <Py_ssize_t> size
-        self.buf = bytearray(src[pos:])
-        return events
-
-    cdef list _feed_delimited(self, bytes data):
-        cdef list events = []
-        cdef Py_ssize_t pos = 0, end, keep, n
-        buf = self.buf
-        buf += data
-        n = len(buf)
-        while True:
-            end = buf.find(self.term, pos)
-            if self.skipped >= 0:
-                if end < 0:
-                    keep = min(self.tlen - 1, n - pos)
-                    self.skipped += n - pos - keep
-                    pos = n - keep
-                    break
-                events.append(("oversize", self.skipped + end - pos))
-                self.skipped = -1
-                pos = end + self.tlen
-                continue
-            if end < 0:
-                if n - pos > self.max_frame + self.tlen - 1:
-                    self.skipped = 0
-                    continue
-                break
-            if end - pos > self.max_frame:
-                events.append(("oversize", end - pos))
-                pos = end + self.tlen
-                continue
-            raw = bytes(buf[pos:end + self.tlen])
-            events.append(("frame", raw[:end - pos], raw))
-            pos = end + self.tlen
-        del buf[:pos]
-        return events
-
-
-def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminator, chunks):
-    """Run the compiled framer over chunks; for the differential tests."""
-    cdef _Framer f = _Framer(delimited, max_frame, terminator)
-    out = []
-    for c in chunks:
-        out.extend(f.feed(bytes(c)))
-    return out, f.pending, f.busy
-
-
 # ------------------------------------------------------------ text fast path
 #
 # Most traffic is legacy text, printable ASCII with LF or CR LF line ends.  For exactly
@@ -434,6 +118,11 @@ def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminato
 # in _decode.py decides, with its exact error.  Where the fast path answers, its answer
 # is the reference's: tests/test_fasttext.py holds it to that on generated, mutated and
 # random payloads.
+
+cdef inline Py_ssize_t _next_lt(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The index of the next '<' from i, or n."""
+    cdef const unsigned char* q = <const unsigned char*> memchr(p + i, 60, n - i) if i < n else NULL
+    return (q - p) if q != NULL else n
 
 cdef inline bint _ws(unsigned char c) noexcept nogil:
     """Whitespace the fast paths can meet (they decline CR and other controls)."""
@@ -455,6 +144,16 @@ cdef inline bint _upper(unsigned char c) noexcept nogil:
 cdef inline bint _alnum(unsigned char c) noexcept nogil:
     return (65 <= c <= 90) or (48 <= c <= 57)
 
+cdef bint _is_ori(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """p[a:b] is an originating ORI: 9 characters of A-Z 0-9, the first two letters."""
+    cdef Py_ssize_t i
+    if b - a != 9 or not (_upper(p[a]) and _upper(p[a + 1])):
+        return False
+    for i in range(a + 2, b):
+        if not _alnum(p[i]):
+            return False
+    return True
+
 cdef bint _is_dst(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """p[a:b] is 2 or 9 characters of A-Z 0-9."""
     cdef Py_ssize_t i
@@ -467,23 +166,6 @@ cdef bint _is_dst(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept n
 
 cdef inline str _ascii(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
     return PyUnicode_DecodeASCII(<const char*> p + a, b - a, NULL)
-
-cdef object _code(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t limit, bint* bad):
-    """A stripped element value; None when empty; bad when longer than limit or
-    holding a tab or line break (not printable, so the reference rejects it)."""
-    cdef Py_ssize_t i
-    a = _strip_a(p, a, b)
-    b = _strip_b(p, a, b)
-    if a == b:
-        return None
-    if b - a > limit:
-        bad[0] = True
-        return None
-    for i in range(a, b):
-        if p[i] < 32:
-            bad[0] = True
-            return None
-    return _ascii(p, a, b)
 
 cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """Y, YES, TRUE or 1, in any case, after stripping spaces."""
@@ -539,10 +221,837 @@ cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
         i += 1
 
 
+# ------------------------------------------------------------ decoded fields
+#
+# The fast paths read a payload into spans of its bytes, never Python objects: the
+# decision reads the spans through the matcher's tables and the log line copies them.
+# Python objects are made from them only where a caller asks (fast_decode_*).
+
+cdef enum:
+    # what a fast path makes of a payload
+    READ = 1         # read: the fields are the reference decoder's
+    DECLINED = 0     # not the simple shape: for the reference decoder to answer
+    REJECTED = -1    # certainly malformed: the reference decoder would raise
+
+cdef enum:
+    FMT_TEXT = 0
+    FMT_XML = 1
+    FMT_JSON = 2
+
+cdef struct Fields:
+    int fmt
+    Py_ssize_t mke_a, mke_b, ori_a, ori_b
+    Py_ssize_t ctl_a, ctl_b          # -1: none
+    int ndst
+    Py_ssize_t dst_a[6]              # one spare: see _text_spans
+    Py_ssize_t dst_b[6]
+    Py_ssize_t code_a[3]             # pur, rsn, atn, stripped; -1: none
+    Py_ssize_t code_b[3]
+    bint imq
+
+DEF XML_MAX_NAMES = 32
+
+cdef struct XmlNames:
+    int count                        # -1: too many names, the fast path declines
+    int field[XML_MAX_NAMES]         # 0 pur, 1 rsn, 2 atn, 3 imq
+    const char* name[XML_MAX_NAMES]  # pointers into a tuple of bytes kept by the owner
+    Py_ssize_t length[XML_MAX_NAMES]
+
+
+cdef void _xml_names_c(tuple names, XmlNames* out):
+    """names (xml_body_names' tuple) as the C table _xml_spans reads; names must
+    outlive out."""
+    cdef int f
+    cdef bytes name
+    out.count = 0
+    for f in range(4):
+        for name in names[f]:
+            if out.count == XML_MAX_NAMES:
+                out.count = -1
+                return
+            out.field[out.count] = f
+            out.name[out.count] = PyBytes_AS_STRING(name)
+            out.length[out.count] = len(name)
+            out.count += 1
+
+
+cdef bint _code_span(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t limit,
+                     Py_ssize_t* oa, Py_ssize_t* ob) noexcept nogil:
+    """An element value stripped into [oa, ob), oa = -1 when empty; False when longer
+    than limit or holding a tab or line break (not printable: the reference rejects)."""
+    cdef Py_ssize_t i
+    a = _strip_a(p, a, b)
+    b = _strip_b(p, a, b)
+    oa[0] = ob[0] = -1
+    if a == b:
+        return True
+    if b - a > limit:
+        return False
+    for i in range(a, b):
+        if p[i] < 32:
+            return False
+    oa[0] = a
+    ob[0] = b
+    return True
+
+
+cdef bint _finish_codes(const unsigned char* p, Py_ssize_t* el_a, Py_ssize_t* el_b,
+                        Fields* f) noexcept nogil:
+    """The four body elements' raw spans (-1: absent) into f's codes and imq."""
+    cdef int k
+    cdef Py_ssize_t[3] limit = [10, 10, 100]
+    for k in range(3):
+        f.code_a[k] = f.code_b[k] = -1
+        if el_a[k] >= 0 and not _code_span(p, el_a[k], el_b[k], limit[k], &f.code_a[k], &f.code_b[k]):
+            return False
+    f.imq = el_a[3] >= 0 and _yes(p, el_a[3], el_b[3])
+    return True
+
+
+cdef inline object _span_str(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    return None if a < 0 else PyUnicode_DecodeASCII(<const char*> p + a, b - a, NULL)
+
+
+cdef tuple _fields_tuple(const unsigned char* p, Fields* f):
+    """f as a tuple in Message's order."""
+    cdef int i
+    dst = PyTuple_New(f.ndst)
+    for i in range(f.ndst):
+        d = _span_str(p, f.dst_a[i], f.dst_b[i])
+        Py_INCREF(d)
+        PyTuple_SET_ITEM(dst, i, d)
+    return (_FMT_NAMES[f.fmt], _span_str(p, f.mke_a, f.mke_b), _span_str(p, f.ori_a, f.ori_b),
+            dst, _span_str(p, f.ctl_a, f.ctl_b), _span_str(p, f.code_a[0], f.code_b[0]),
+            _span_str(p, f.code_a[1], f.code_b[1]), _span_str(p, f.code_a[2], f.code_b[2]),
+            bool(f.imq))
+
+cdef tuple _FMT_NAMES = ("text", "xml", "json")
+
+
+cdef object _answer(int verdict, const unsigned char* p, Fields* f):
+    if verdict == REJECTED:
+        raise Malformed("rejected by the fast path")
+    return Message(*_fields_tuple(p, f)) if verdict == READ else None
+
+
 def fast_decode_text(bytes payload):
-    """The reference's Message for a plain text payload, or None."""
-    t = _text_fields(payload)
-    return None if t is None else Message(*t)
+    """The reference's Message for a plain text payload; None where the fast path
+    declines; Malformed where it knows the reference rejects the payload."""
+    cdef Fields f
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    return _answer(_text_spans(p, len(payload), &f), p, &f)
+
+
+def fast_decode_xml(bytes payload, tuple names):
+    """As fast_decode_text, for a simple XML payload.  ``names``: the body element
+    local names for pur, rsn, atn and imq, each a tuple of bytes."""
+    cdef Fields f
+    cdef XmlNames xn
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    _xml_names_c(names, &xn)
+    return _answer(_xml_spans(p, len(payload), &xn, &f), p, &f)
+
+
+def fast_decode_json(bytes payload):
+    """As fast_decode_text, for a simple JSON payload."""
+    cdef Fields f
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    return _answer(_json_spans(p, len(payload), &f), p, &f)
+
+
+# ------------------------------------------------------------ JSON fast path
+#
+# The reference decodes with msgspec into a strict Struct, then checks the fields.
+# This scanner reads the common shape: ASCII without escapes or control characters,
+# each known key at most once, integers without exponents.  It checks the JSON
+# grammar as it goes (the body too, which msgspec validates while skipping it) and
+# declines anything else, for the reference to answer with its own error.
+
+DEF JSON_MAX_DEPTH = 32
+
+cdef enum:
+    JK_MKE = 0
+    JK_ORI = 1
+    JK_DST = 2
+    JK_CTL = 3
+    JK_PUR = 4
+    JK_RSN = 5
+    JK_ATN = 6
+    JK_IMQ = 7
+    JK_BODY = 8
+
+
+cdef inline Py_ssize_t _jws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _jstring(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """p[i] is '"': the index after the closing quote, or -1 (escape, control
+    character, non-ASCII or DEL: declined)."""
+    i = sg_find_special(p, i + 1, n, 34, 92)
+    return i + 1 if i < n and p[i] == 34 else -1
+
+
+cdef Py_ssize_t _jnumber(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """-?(0|[1-9][0-9]{0,17})(.[0-9]+)?, else -1."""
+    cdef Py_ssize_t d
+    if i < n and p[i] == 45:
+        i += 1
+    if i >= n or not (48 <= p[i] <= 57):
+        return -1
+    if p[i] == 48:
+        i += 1
+    else:
+        d = i
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+        if i - d > 18:
+            return -1
+    if i < n and p[i] == 46:
+        i += 1
+        d = i
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+        if i == d or i - d > 18:
+            return -1
+    if i < n and (p[i] == 101 or p[i] == 69):  # exponents: declined
+        return -1
+    return i
+
+
+cdef Py_ssize_t _jvalue(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
+    """The index after the JSON value at p[i] (no leading whitespace), or -1."""
+    cdef unsigned char c, close
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == 34:
+        return _jstring(p, i, n)
+    if c == 123 or c == 91:  # object, array
+        if depth >= JSON_MAX_DEPTH:
+            return -1
+        close = 125 if c == 123 else 93
+        i = _jws(p, i + 1, n)
+        if i < n and p[i] == close:
+            return i + 1
+        while True:
+            if c == 123:
+                if i >= n or p[i] != 34:
+                    return -1
+                i = _jstring(p, i, n)
+                if i < 0:
+                    return -1
+                i = _jws(p, i, n)
+                if i >= n or p[i] != 58:
+                    return -1
+                i = _jws(p, i + 1, n)
+            i = _jvalue(p, i, n, depth + 1)
+            if i < 0:
+                return -1
+            i = _jws(p, i, n)
+            if i >= n:
+                return -1
+            if p[i] == close:
+                return i + 1
+            if p[i] != 44:
+                return -1
+            i = _jws(p, i + 1, n)
+    if c == 116:
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"true", 4) == 0 else -1
+    if c == 102:
+        return i + 5 if i + 5 <= n and memcmp(p + i, b"false", 5) == 0 else -1
+    if c == 110:
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"null", 4) == 0 else -1
+    return _jnumber(p, i, n)
+
+
+cdef inline int _jkey(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The known key spelled p[a:b] (inside the quotes), or -1."""
+    if b - a == 4:
+        return JK_BODY if memcmp(p + a, b"body", 4) == 0 else -1
+    if b - a != 3:
+        return -1
+    if memcmp(p + a, b"mke", 3) == 0: return JK_MKE
+    if memcmp(p + a, b"ori", 3) == 0: return JK_ORI
+    if memcmp(p + a, b"dst", 3) == 0: return JK_DST
+    if memcmp(p + a, b"ctl", 3) == 0: return JK_CTL
+    if memcmp(p + a, b"pur", 3) == 0: return JK_PUR
+    if memcmp(p + a, b"rsn", 3) == 0: return JK_RSN
+    if memcmp(p + a, b"atn", 3) == 0: return JK_ATN
+    if memcmp(p + a, b"imq", 3) == 0: return JK_IMQ
+    return -1
+
+
+cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept nogil:
+    """Read a simple JSON payload into f, exactly as the reference would: READ,
+    DECLINED or REJECTED."""
+    cdef Py_ssize_t i, e, ka
+    cdef Py_ssize_t[5] el_a   # ctl, pur, rsn, atn as strings (-1: absent or null), then
+    cdef Py_ssize_t[5] el_b   # IMQ's element for _finish_codes: always absent, imq is a bool
+    cdef int k, seen = 0
+    cdef bint ok, imq, bad = False
+    for k in range(5):
+        el_a[k] = el_b[k] = -1
+    f.ndst = 0
+    f.imq = False
+    i = _jws(p, 0, n)
+    if i >= n or p[i] != 123:
+        return False
+    i = _jws(p, i + 1, n)
+    if i < n and p[i] == 125:
+        return False  # required keys missing
+    while True:
+        if i >= n or p[i] != 34:
+            return False
+        ka = i + 1
+        i = _jstring(p, i, n)
+        if i < 0:
+            return False
+        k = _jkey(p, ka, i - 1)
+        if k < 0:
+            return REJECTED  # an unknown key: msgspec raises
+        if seen & (1 << k):
+            return False  # repeated: the reference's answer
+        seen |= 1 << k
+        i = _jws(p, i, n)
+        if i >= n or p[i] != 58:
+            return False
+        i = _jws(p, i + 1, n)
+        if i >= n:
+            return False
+        if k == JK_MKE or k == JK_ORI:
+            if p[i] != 34:
+                return False
+            e = _jstring(p, i, n)
+            if e < 0:
+                return False
+            if k == JK_MKE:
+                f.mke_a, f.mke_b = i + 1, e - 1
+            else:
+                f.ori_a, f.ori_b = i + 1, e - 1
+        elif k == JK_DST:
+            if p[i] != 91:
+                return False
+            i = _jws(p, i + 1, n)
+            if i < n and p[i] == 93:
+                return False  # no destination
+            while True:
+                if i >= n or p[i] != 34 or f.ndst == 5:
+                    return False
+                e = _jstring(p, i, n)
+                if e < 0:
+                    return False
+                if not _is_dst(p, i + 1, e - 1):
+                    bad = True  # after a clean parse, the reference's check rejects
+                f.dst_a[f.ndst] = i + 1
+                f.dst_b[f.ndst] = e - 1
+                f.ndst += 1
+                i = _jws(p, e, n)
+                if i >= n:
+                    return False
+                if p[i] == 93:
+                    e = i + 1
+                    break
+                if p[i] != 44:
+                    return False
+                i = _jws(p, i + 1, n)
+        elif k == JK_IMQ:
+            e = _jvalue(p, i, n, 1)
+            if e < 0 or p[i] == 34 or p[i] == 123 or p[i] == 91 or (48 <= p[i] <= 57) or p[i] == 45:
+                return False  # not a bool or null
+            f.imq = p[i] == 116
+        elif k == JK_BODY:
+            e = _jvalue(p, i, n, 1)
+            if e < 0:
+                return False
+        else:  # ctl, pur, rsn, atn: a string or null
+            if p[i] == 34:
+                e = _jstring(p, i, n)
+                if e < 0:
+                    return False
+                el_a[k - JK_CTL] = i + 1
+                el_b[k - JK_CTL] = e - 1
+            elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+                e = i + 4
+            else:
+                return False
+        i = _jws(p, e, n)
+        if i >= n:
+            return False
+        if p[i] == 125:
+            break
+        if p[i] != 44:
+            return False
+        i = _jws(p, i + 1, n)
+    if _jws(p, i + 1, n) != n:
+        return False  # trailing characters
+    # The parse was clean: from here every failure is the reference's too.
+    if (seen & 7) != 7:
+        return REJECTED  # mke, ori and dst are required
+    if bad or _mke_slot(p, f.mke_a, f.mke_b) < 0 or not _is_ori(p, f.ori_a, f.ori_b):
+        return REJECTED
+    # ctl: not stripped; empty is none
+    f.ctl_a = f.ctl_b = -1
+    if el_a[0] >= 0 and el_b[0] > el_a[0]:
+        if el_b[0] - el_a[0] > 10:
+            return REJECTED
+        f.ctl_a, f.ctl_b = el_a[0], el_b[0]
+    imq = f.imq
+    ok = _finish_codes(p, el_a + 1, el_b + 1, f)
+    f.imq = imq
+    f.fmt = FMT_JSON
+    return READ if ok else REJECTED
+
+
+# Values of a message field map to rows of rule masks in C tables, so that deciding a
+# message that the fast paths read touches no Python object:
+#  - a party (an agency or a destination: 2 or 9 characters of A-Z 0-9) is packed
+#    into a 64-bit key (base 37) and found in an open-addressing table that holds its
+#    agency mask, its destination mask and its groups; filled on first sight, cleared
+#    when CACHE_LIMIT parties are in it (a hostile stream of new ORIs cannot grow it);
+#  - a message key (2-3 letters) indexes a table of 27**3 rows, filled at start;
+#  - a purpose or reason code is compared with the few codes the rules name.
+
+DEF PARTY_MIN_BITS = 10        # the party table starts at 1,024 slots, at most half full
+DEF KEY_BITS = 47              # a packed party (9 characters: 37 ** 9 < 2 ** 47), and
+                               # its entry above it, in one 64-bit slot
+DEF MKE_SLOTS = 19683          # 27 ** 3
+
+cdef enum:
+    ROW_ABSENT = 0             # code rows: no code in the message
+    ROW_OTHER = 1              # a code no rule names
+
+
+cdef inline uint64_t _party_key(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Base-37 packing of up to 9 characters of A-Z 0-9 (never 0); 0 if not packable."""
+    cdef uint64_t k = 0
+    cdef unsigned char c
+    if b - a < 1 or b - a > 9:
+        return 0
+    while a < b:
+        c = p[a]
+        if 65 <= c <= 90:
+            k = k * 37 + (c - 64)
+        elif 48 <= c <= 57:
+            k = k * 37 + (c - 48 + 27)
+        else:
+            return 0
+        a += 1
+    return k
+
+
+cdef inline int _mke_slot(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The table slot of a 2-3 letter key, or -1."""
+    cdef int s = 0, i
+    if b - a < 2 or b - a > 3:
+        return -1
+    for i in range(3):
+        if a + i < b:
+            if not (65 <= p[a + i] <= 90):
+                return -1
+            s = s * 27 + (p[a + i] - 64)
+        else:
+            s = s * 27
+    return s
+
+
+cdef int _mke_slot_of(str key):
+    cdef Py_ssize_t n
+    cdef const unsigned char* s = _str_bytes(key, &n)
+    return _mke_slot(s, 0, n) if s != NULL else -1
+
+
+cdef inline const unsigned char* _str_bytes(str s, Py_ssize_t* n):
+    """An ASCII str's characters (its canonical data), or NULL if it is not ASCII."""
+    if not s.isascii():
+        return NULL
+    n[0] = len(s)
+    return <const unsigned char*> PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef class Matcher:
+    """A compiled :class:`~proxy._policy.Policy`."""
+
+    cdef readonly object policy
+    cdef readonly str rev
+    cdef readonly str mode
+    cdef readonly bint monitor
+    cdef readonly bint deny_reply
+    cdef readonly object xml_fields
+    cdef readonly tuple xml_names  # the body element names, as bytes, for the fast path
+    cdef XmlNames xml_c
+    cdef Py_ssize_t n_rules, n_words
+    cdef list rules, rule_ids, group_entries
+    cdef int default_action
+    cdef uint64_t* acc
+    cdef uint64_t* dst_acc
+    # constant masks, each n_words long, in one block
+    cdef uint64_t* consts
+    cdef uint64_t* decide_mask
+    cdef uint64_t* shadow_mask
+    cdef uint64_t* deny_mask
+    cdef uint64_t* dir_masks      # [DIR_IN], [DIR_OUT]
+    cdef uint64_t* imq_masks      # [False], [True]
+    cdef uint64_t* atn_masks      # [missing], [present]
+    cdef uint64_t* dst_free
+    cdef uint64_t* agency_none
+    # message keys
+    cdef int* mke_row
+    cdef uint64_t* mke_masks
+    # purpose and reason codes: rows ROW_ABSENT, ROW_OTHER, then one per named code
+    cdef list pur_codes, rsn_codes
+    cdef uint64_t* pur_masks
+    cdef uint64_t* rsn_masks
+    # parties
+    cdef uint64_t* party_table    # slots: packed party | entry << KEY_BITS; 0 empty
+    cdef int party_bits
+    cdef uint64_t* party_masks    # per entry: agency mask, destination mask, group set
+    cdef Py_ssize_t party_stride  # words per entry: 2 * n_words + 1
+    cdef list group_sets          # distinct (groups, groups as JSON), few in any policy
+    cdef dict group_set_index
+    cdef int party_count
+    # log-line pieces, JSON-encoded once: rule ids and more
+    cdef readonly list rule_json
+    cdef readonly bytes rev_json, mode_json
+    # results of the last decide call
+    cdef Py_ssize_t last_rule, last_shadow
+    cdef int last_party              # entry of the agency, -1: none
+    cdef object last_agency, last_groups
+
+    def __cinit__(self):
+        self.acc = NULL
+        self.dst_acc = NULL
+        self.consts = NULL
+        self.mke_row = NULL
+        self.mke_masks = NULL
+        self.pur_masks = NULL
+        self.rsn_masks = NULL
+        self.party_table = NULL
+        self.party_masks = NULL
+
+    def __init__(self, policy):
+        cdef Py_ssize_t nw, i
+        cdef int k, slot
+        cdef Py_ssize_t n
+        cdef const unsigned char* s
+        self.policy = policy
+        self.rev = policy.rev
+        self.mode = policy.mode
+        self.monitor = policy.mode == "monitor"
+        self.deny_reply = policy.deny_reply
+        self.xml_fields = policy.xml
+        self.xml_names = xml_body_names(policy.xml)
+        _xml_names_c(self.xml_names, &self.xml_c)
+        self.rules = list(policy.rules)
+        self.rule_ids = [r.id for r in self.rules]
+        self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
+        self.rev_json = _json.encode(policy.rev)
+        self.mode_json = _json.encode(policy.mode)
+        self.n_rules = len(self.rules)
+        self.n_words = nw = max(1, (self.n_rules + 63) // 64)
+        self.group_entries = [(g.name, g.ori) for g in policy.groups]
+        self.default_action = ACT_DENY if policy.default == "deny" else ACT_ALLOW
+        self.acc = <uint64_t*> _alloc(nw)
+        self.dst_acc = <uint64_t*> _alloc(nw)
+        self.consts = <uint64_t*> _alloc(11 * nw)
+        rules = self.rules
+        self.decide_mask = self._fill(0, [not r.shadow for r in rules])
+        self.shadow_mask = self._fill(1, [r.shadow for r in rules])
+        self.deny_mask = self._fill(2, [r.action == "deny" for r in rules])
+        self.dir_masks = self._fill(3, [r.direction in ("in", "any") for r in rules])
+        self._fill(4, [r.direction in ("out", "any") for r in rules])
+        self.imq_masks = self._fill(5, [r.photo is None or not r.photo for r in rules])
+        self._fill(6, [r.photo is None or r.photo for r in rules])
+        self.atn_masks = self._fill(7, [r.attention != "present" for r in rules])
+        self._fill(8, [r.attention != "missing" for r in rules])
+        self.dst_free = self._fill(9, [r.dst is None for r in rules])
+        self.agency_none = self._fill(10, [r.agency is None for r in rules])
+
+        # message keys: row 0 for keys no rule names, then one row per named key
+        named = [key for key in sorted({key for r in rules if r.mke is not None for key in r.mke})
+                 if _mke_slot_of(key) >= 0]  # a key no message can have is never looked up
+        self.mke_row = <int*> malloc(MKE_SLOTS * sizeof(int))
+        self.mke_masks = _alloc((1 + len(named)) * nw)
+        if self.mke_row == NULL:
+            raise MemoryError()
+        for slot in range(MKE_SLOTS):
+            self.mke_row[slot] = 0
+        self._set_row(self.mke_masks, 0, [r.mke is None for r in rules])
+        for k, key in enumerate(named):
+            self.mke_row[_mke_slot_of(key)] = k + 1
+            self._set_row(self.mke_masks, k + 1, [r.mke is None or key in r.mke for r in rules])
+
+        self.pur_codes = self._code_table([r.purpose for r in rules], &self.pur_masks)
+        self.rsn_codes = self._code_table([r.reason for r in rules], &self.rsn_masks)
+
+        self.party_bits = PARTY_MIN_BITS
+        self.party_table = _alloc(1 << PARTY_MIN_BITS)
+        self.party_stride = 2 * nw + 1
+        self.party_masks = _alloc(CACHE_LIMIT * self.party_stride)
+        self.group_sets = []
+        self.group_set_index = {}
+        self.party_count = 0
+
+    def __dealloc__(self):
+        free(self.acc)
+        free(self.dst_acc)
+        free(self.consts)
+        free(self.mke_row)
+        free(self.mke_masks)
+        free(self.pur_masks)
+        free(self.rsn_masks)
+        free(self.party_table)
+        free(self.party_masks)
+
+    # ------------------------------------------------------------ building masks
+
+    cdef void _set_row(self, uint64_t* table, Py_ssize_t row, list bits):
+        cdef Py_ssize_t i, nw = self.n_words
+        cdef uint64_t* m = table + row * nw
+        for i in range(nw):
+            m[i] = 0
+        for i in range(len(bits)):
+            if bits[i]:
+                m[i >> 6] |= (<uint64_t> 1) << (i & 63)
+
+    cdef uint64_t* _fill(self, Py_ssize_t which, list bits):
+        self._set_row(self.consts, which, bits)
+        return self.consts + which * self.n_words
+
+    cdef list _code_table(self, list conditions, uint64_t** out):
+        """Rows for one code field into out: absent, a code no rule names, then each
+        named code (``none`` in a rule names the absent code, never a code spelled
+        ``none``); returns the named codes as UTF-8."""
+        named = sorted({c for cond in conditions if cond is not None for c in cond if c != "none"})
+        cdef uint64_t* masks = _alloc((2 + len(named)) * self.n_words)
+        out[0] = masks
+        self._set_row(masks, ROW_ABSENT, [cond is None or "none" in cond for cond in conditions])
+        self._set_row(masks, ROW_OTHER, [cond is None for cond in conditions])
+        for k, code in enumerate(named):
+            self._set_row(masks, 2 + k, [cond is None or code in cond for cond in conditions])
+        return [c.encode("utf-8", "surrogatepass") for c in named]
+
+    # ------------------------------------------------------------- parties
+
+    cdef tuple _groups(self, str value):
+        return tuple([name for name, entries in self.group_entries
+                      if any(pattern_match(e, value) for e in entries)])
+
+    cdef bint _entry(self, str entry, str value, tuple groups):
+        if entry[0] == u'@':
+            return entry[1:] in groups
+        return pattern_match(entry, value)
+
+    cdef int _party_add(self, uint64_t key, str value) except -1:
+        """Compute a party's masks and groups and enter them; returns its entry."""
+        cdef int e
+        cdef uint64_t* row
+        if self.party_count >= CACHE_LIMIT:
+            memset(self.party_table, 0, (<Py_ssize_t> 1 << self.party_bits) * sizeof(uint64_t))
+            self.party_count = 0
+            self.group_sets = []
+            self.group_set_index = {}
+        groups = self._groups(value)
+        e = self.party_count
+        row = self.party_masks + e * self.party_stride
+        self._set_row(row, 0, [
+            r.agency is None or any(self._entry(x, value, groups) for x in r.agency)
+            for r in self.rules])
+        self._set_row(row, 1, [
+            r.dst is not None and any(self._entry(x, value, groups) for x in r.dst)
+            for r in self.rules])
+        gid = self.group_set_index.get(groups)
+        if gid is None:
+            gid = self.group_set_index[groups] = len(self.group_sets)
+            self.group_sets.append((groups, _json.encode(groups)))
+        row[2 * self.n_words] = <uint64_t> gid
+        self.party_count += 1
+        if key:
+            if 2 * self.party_count > (1 << self.party_bits):
+                self._party_grow()
+            self._party_put(key | (<uint64_t> e << KEY_BITS))
+        return e
+
+    cdef inline Py_ssize_t _party_home(self, uint64_t key) noexcept:
+        return <Py_ssize_t> ((key * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - self.party_bits))
+
+    cdef void _party_put(self, uint64_t slot) noexcept:
+        cdef Py_ssize_t h = self._party_home(slot & KEY_MASK)
+        cdef Py_ssize_t wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
+        while self.party_table[h] != 0:
+            h = (h + 1) & wrap
+        self.party_table[h] = slot
+
+    cdef int _party_grow(self) except -1:
+        """Double the table (it stays at most half full)."""
+        cdef uint64_t* old = self.party_table
+        cdef Py_ssize_t i, n = <Py_ssize_t> 1 << self.party_bits
+        self.party_table = _alloc(2 * n)
+        self.party_bits += 1
+        for i in range(n):
+            if old[i]:
+                self._party_put(old[i])
+        free(old)
+        return 0
+
+    cdef inline int _party(self, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
+        """The entry of the party spelled p[a:b]."""
+        cdef uint64_t key = _party_key(p, a, b), k
+        cdef Py_ssize_t h, wrap
+        if key:
+            h = self._party_home(key)
+            wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
+            while True:
+                k = self.party_table[h]
+                if (k & KEY_MASK) == key:
+                    return <int> (k >> KEY_BITS)
+                if k == 0:
+                    break
+                h = (h + 1) & wrap
+        return self._party_add(key, PyUnicode_DecodeLatin1(<const char*> p + a, b - a, NULL))
+
+    cdef int _party_str(self, str value) except -1:
+        cdef Py_ssize_t n
+        cdef const unsigned char* s = _str_bytes(value, &n)
+        if s == NULL:
+            return self._party_add(0, value)  # not packable: computed, never found again
+        return self._party(s, 0, n)
+
+    # ------------------------------------------------------------- code rows
+
+    cdef inline Py_ssize_t _code_row(self, list codes, const unsigned char* p, Py_ssize_t a,
+                                     Py_ssize_t b):
+        cdef Py_ssize_t k = 2
+        cdef bytes c
+        if a < 0:
+            return ROW_ABSENT
+        for c in codes:
+            if len(c) == b - a and memcmp(PyBytes_AS_STRING(c), p + a, b - a) == 0:
+                return k
+            k += 1
+        return ROW_OTHER
+
+    cdef Py_ssize_t _code_row_str(self, list codes, object value):
+        if value is None:
+            return ROW_ABSENT
+        b = (<str> value).encode("utf-8", "surrogatepass")
+        return self._code_row(codes, <const unsigned char*> PyBytes_AS_STRING(b), 0, len(b))
+
+    # ------------------------------------------------------------------ decide
+
+    cdef int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn, bint has_atn,
+                     bint imq, int direction) noexcept:
+        """The decision from rows; dst_acc must hold the destinations' mask.  agency:
+        the agency's party entry, -1 when there is none.  Sets last_rule (-1: default),
+        last_shadow (-1: none); returns ACT_ALLOW or ACT_DENY."""
+        cdef Py_ssize_t w, nw = self.n_words, idx = -1, s = -1
+        cdef const uint64_t* am = (self.party_masks + agency * self.party_stride) if agency >= 0 else self.agency_none
+        cdef const uint64_t* dm = self.dir_masks + direction * nw
+        cdef const uint64_t* mm = self.mke_masks + mke * nw
+        cdef const uint64_t* im = self.imq_masks + (1 if imq else 0) * nw
+        cdef const uint64_t* tm = self.atn_masks + (1 if has_atn else 0) * nw
+        cdef const uint64_t* pm = self.pur_masks + pur * nw
+        cdef const uint64_t* rm = self.rsn_masks + rsn * nw
+        cdef uint64_t bits, d
+        for w in range(nw):
+            bits = am[w] & dm[w] & mm[w] & im[w] & tm[w] & pm[w] & rm[w] & self.dst_acc[w]
+            if s < 0:
+                d = bits & self.shadow_mask[w]
+                if d:
+                    s = w * 64 + sg_ctz64(d)
+            d = bits & self.decide_mask[w]
+            if d:
+                idx = w * 64 + sg_ctz64(d)
+                break
+        if idx >= 0 and s > idx:
+            s = -1
+        self.last_rule = idx
+        self.last_shadow = s
+        if idx < 0:
+            return self.default_action
+        return ACT_DENY if (self.deny_mask[idx >> 6] >> (idx & 63)) & 1 else ACT_ALLOW
+
+    cdef inline Py_ssize_t _group_set(self, int entry) noexcept:
+        """The index in group_sets of a party's groups."""
+        return <Py_ssize_t> self.party_masks[entry * self.party_stride + 2 * self.n_words]
+
+    cdef inline void _dst_start(self) noexcept:
+        cdef Py_ssize_t w
+        for w in range(self.n_words):
+            self.dst_acc[w] = self.dst_free[w]
+
+    cdef inline void _dst_add(self, int entry) noexcept:
+        cdef Py_ssize_t w, nw = self.n_words
+        cdef const uint64_t* m = self.party_masks + entry * self.party_stride + nw
+        for w in range(nw):
+            self.dst_acc[w] |= m[w]
+
+    cdef int _decide_fields(self, const unsigned char* p, Fields* f, int direction) except -2:
+        """Decide what a fast path read; sets last_party too."""
+        cdef int i, agency
+        self._dst_start()
+        for i in range(f.ndst):
+            self._dst_add(self._party(p, f.dst_a[i], f.dst_b[i]))
+        # the agency last: entering a new party may clear the table
+        if direction == DIR_IN:
+            agency = self._party(p, f.ori_a, f.ori_b)
+        else:
+            agency = self._party(p, f.dst_a[0], f.dst_b[0])
+        self.last_party = agency
+        return self._decide(agency, self.mke_row[_mke_slot(p, f.mke_a, f.mke_b)],
+                            self._code_row(self.pur_codes, p, f.code_a[0], f.code_b[0]),
+                            self._code_row(self.rsn_codes, p, f.code_a[1], f.code_b[1]),
+                            f.code_a[2] >= 0, f.imq, direction)
+
+    cdef int decide_c(self, str mke, str ori, tuple dst, object pur, object rsn,
+                      bint has_atn, bint imq, int direction) except -1:
+        """Decide from Python values.  Sets last_rule, last_shadow, last_agency and
+        last_groups; returns ACT_ALLOW or ACT_DENY."""
+        cdef int agency = -1, slot
+        cdef Py_ssize_t n
+        cdef const unsigned char* s
+        self._dst_start()
+        for d in dst:
+            self._dst_add(self._party_str(d))
+        agency_value = ori if direction == DIR_IN else (dst[0] if dst else None)
+        if agency_value is not None:
+            agency = self._party_str(agency_value)
+        self.last_agency = agency_value
+        self.last_groups = (<tuple> self.group_sets[self._group_set(agency)])[0] if agency >= 0 else ()
+        s = _str_bytes(mke, &n) if mke is not None else NULL
+        slot = _mke_slot(s, 0, n) if s != NULL else -1
+        return self._decide(agency, self.mke_row[slot] if slot >= 0 else 0,
+                            self._code_row_str(self.pur_codes, pur),
+                            self._code_row_str(self.rsn_codes, rsn), has_atn, imq, direction)
+
+    def decide(self, msg, str direction):
+        """Python-visible: (action, rule, shadow, agency, groups) for one Message."""
+        cdef int act = self.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn,
+                                     msg.atn is not None, msg.imq,
+                                     DIR_IN if direction == "in" else DIR_OUT)
+        return (
+            "deny" if act == ACT_DENY else "allow",
+            self.rule_ids[self.last_rule] if self.last_rule >= 0 else "default",
+            self.rule_ids[self.last_shadow] if self.last_shadow >= 0 else None,
+            self.last_agency,
+            self.last_groups,
+        )
+
+    def rule(self, str rule_id):
+        """The Rule with this id (for deny replies), or None."""
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        return None
+
+
+cdef uint64_t* _alloc(Py_ssize_t words) except NULL:
+    cdef uint64_t* m = <uint64_t*> calloc(max(1, words), sizeof(uint64_t))
+    if m == NULL:
+        raise MemoryError()
+    return m
 
 
 cdef Py_ssize_t _destinations(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
@@ -578,9 +1087,8 @@ cdef Py_ssize_t _line(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
                       Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
     """The line starting at pos, stripped of spaces and CR, as [a, b); returns the
     index of its LF (or n)."""
-    cdef Py_ssize_t e = pos
-    while e < n and p[e] != 10:
-        e += 1
+    cdef const unsigned char* lf = <const unsigned char*> memchr(p + pos, 10, n - pos) if pos < n else NULL
+    cdef Py_ssize_t e = (lf - p) if lf != NULL else n
     a[0] = pos
     b[0] = e
     while a[0] < b[0] and (p[a[0]] == 32 or p[a[0]] == 13):
@@ -604,10 +1112,10 @@ cdef bint _clock(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept no
     return not (_alnum(c) or (97 <= c <= 122) or c == 95)
 
 
-cdef tuple _text_fields(bytes payload):
-    """fast_decode_text's fields as a tuple in Message's order, or None."""
-    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t n = len(payload), i, start, end, le, dot1 = -1, dot2 = -1
+cdef int _text_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept nogil:
+    """Read a plain text payload into f, exactly as the reference would: READ,
+    DECLINED or REJECTED."""
+    cdef Py_ssize_t i, start, end, le, dot1 = -1, dot2 = -1
     cdef Py_ssize_t mke_a, mke_b, ori_a, ori_b, ctl_a = -1, ctl_b = -1, rest_a, rest_b
     cdef Py_ssize_t l1a, l1b, l2a, l2b, l3a, l3b, ta, tb, star, na, nb, cta = -1, ctb = -1
     cdef Py_ssize_t[6] dst_a  # one spare: the TXT line may add five to the clock line's one
@@ -615,22 +1123,20 @@ cdef tuple _text_fields(bytes payload):
     cdef int ndst = 0, which, ntok, more_ndst
     cdef Py_ssize_t[4] el_a
     cdef Py_ssize_t[4] el_b
-    cdef bint bad = False, output_form
+    cdef bint output_form
     cdef unsigned char c
     # Only printable ASCII, LF, and CR before LF or at the end.
-    for i in range(n):
+    i = sg_find_special(p, 0, n, 0, 0)
+    while i < n:
         c = p[i]
-        if c < 32 or c > 126:
-            if c == 10:
-                continue
-            if c == 13 and (i + 1 == n or p[i + 1] == 10):
-                continue
-            return None
+        if not (c == 10 or (c == 13 and (i + 1 == n or p[i + 1] == 10))):
+            return False
+        i = sg_find_special(p, i + 1, n, 0, 0)
     start = 0
     while start < n and (p[start] == 32 or p[start] == 13 or p[start] == 10):
         start += 1
     if start == n:
-        return None
+        return False
     le = _line(p, n, start, &start, &end)
     for i in range(start, end):
         if p[i] == 46:
@@ -639,41 +1145,34 @@ cdef tuple _text_fields(bytes payload):
             else:
                 dot2 = i
                 break
+    # In plain ASCII this first line is the reference's, which checks MKE.ORI first.
     if dot1 < 0:
-        return None  # not MKE.ORI
+        return REJECTED  # not MKE.ORI
     mke_a, mke_b = start, dot1
     ori_a, ori_b = dot1 + 1, (dot2 if dot2 >= 0 else end)
     # The reference's choice: the input form has a third segment, and a non-empty one
     # when there are exactly three.
     output_form = dot2 < 0 or dot2 == end - 1
-    if not (2 <= mke_b - mke_a <= 3):
-        return None
-    for i in range(mke_a, mke_b):
-        if not _upper(p[i]):
-            return None
-    if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
-        return None
-    for i in range(ori_a + 2, ori_b):
-        if not _alnum(p[i]):
-            return None
+    if _mke_slot(p, mke_a, mke_b) < 0 or not _is_ori(p, ori_a, ori_b):
+        return REJECTED
     if not output_form:
         rest_a = _destinations(p, dot2 + 1, end, dst_a, dst_b, &ndst, &ctl_a, &ctl_b)
         if rest_a < 0:
-            return None
+            return False
         rest_b = end
     else:
         # MKE.ORI, two clock lines (the second may end in DEST[*CTL]), then TXT.
         if le >= n:
-            return None
+            return False
         le = _line(p, n, le + 1, &l1a, &l1b)
         if le >= n:
-            return None
+            return False
         le = _line(p, n, le + 1, &l2a, &l2b)
         if le >= n:
-            return None
+            return False
         le = _line(p, n, le + 1, &l3a, &l3b)
         if not _clock(p, l1a, l1b) or not _clock(p, l2a, l2b):
-            return None
+            return False
         # the last of four or more space-separated tokens on the second clock line
         ntok = 0
         i = l2a
@@ -704,15 +1203,15 @@ cdef tuple _text_fields(bytes payload):
         more_ndst = 0
         rest_a = _destinations(p, l3a, l3b, dst_a + ndst, dst_b + ndst, &more_ndst, &ctl_a, &ctl_b)
         if rest_a < 0:
-            return None
+            return False
         if more_ndst > 0 and ndst > 0:
-            return None  # destinations both on the clock line and the TXT line
+            return False  # destinations both on the clock line and the TXT line
         ndst += more_ndst
         if ctl_a < 0:
             ctl_a, ctl_b = cta, ctb
         rest_b = l3b
     if ndst == 0 or (ctl_a >= 0 and ctl_b - ctl_a > 10):
-        return None
+        return False
     # Body: the rest of the header line, then every further line, each stripped; data
     # elements are period-separated parts, each stripped.  First PUR, RSN, ATN, IMQ.
     for which in range(4):
@@ -722,19 +1221,17 @@ cdef tuple _text_fields(bytes payload):
     while le < n:
         le = _line(p, n, le + 1, &l1a, &l1b)
         _scan_elements(p, l1a, l1b, el_a, el_b)
-    dst = PyTuple_New(ndst)
+    f.fmt = FMT_TEXT
+    f.mke_a, f.mke_b, f.ori_a, f.ori_b = mke_a, mke_b, ori_a, ori_b
+    if ctl_a >= 0 and ctl_b > ctl_a:
+        f.ctl_a, f.ctl_b = ctl_a, ctl_b
+    else:
+        f.ctl_a = f.ctl_b = -1
+    f.ndst = ndst
     for which in range(ndst):
-        d = _ascii(p, dst_a[which], dst_b[which])
-        Py_INCREF(d)
-        PyTuple_SET_ITEM(dst, which, d)
-    pur = _code(p, el_a[0], el_b[0], 10, &bad) if el_a[0] >= 0 else None
-    rsn = _code(p, el_a[1], el_b[1], 10, &bad) if el_a[1] >= 0 else None
-    atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
-    if bad:
-        return None
-    return ("text", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst,
-                   _ascii(p, ctl_a, ctl_b) if ctl_a >= 0 and ctl_b > ctl_a else None,
-                   pur, rsn, atn, el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+        f.dst_a[which] = dst_a[which]
+        f.dst_b[which] = dst_b[which]
+    return _finish_codes(p, el_a, el_b, f)
 
 
 # ------------------------------------------------------------- XML fast path
@@ -751,13 +1248,22 @@ DEF XML_MAX_DEPTH = 64
 DEF XML_MAX_NS = 32
 DEF XML_MAX_ATTRS = 16
 
+cdef enum:
+    NAME_START = 1  # A-Z a-z _
+    NAME_CHAR = 2   # those, 0-9 - .
+
+cdef unsigned char[256] _NAME_CLASS
+for _c in range(256):
+    _NAME_CLASS[_c] = ((NAME_START | NAME_CHAR) if chr(_c).isascii() and (chr(_c).isalpha() or _c == 95)
+                       else NAME_CHAR if 48 <= _c <= 57 or _c == 45 or _c == 46 else 0)
+
 cdef inline bint _name_start(unsigned char c) noexcept nogil:
-    return (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+    return _NAME_CLASS[c] & NAME_START
 
 cdef inline bint _name_char(unsigned char c) noexcept nogil:
-    return _name_start(c) or (48 <= c <= 57) or c == 45 or c == 46
+    return _NAME_CLASS[c] & NAME_CHAR
 
-cdef Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* colon) noexcept nogil:
+cdef inline Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* colon) noexcept nogil:
     """The end of the name at p[i] (at most one colon, both parts proper names), or -1.
     colon: the colon's index, or -1."""
     colon[0] = -1
@@ -765,14 +1271,15 @@ cdef Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ss
         return -1
     i += 1
     while i < n:
-        if p[i] == 58:  # ':'
-            if colon[0] >= 0 or i + 1 >= n or not _name_start(p[i + 1]):
-                return -1
-            colon[0] = i
+        if _name_char(p[i]):
             i += 1
-        elif not _name_char(p[i]):
+            continue
+        if p[i] != 58:  # ':'
             break
-        i += 1
+        if colon[0] >= 0 or i + 1 >= n or not _name_start(p[i + 1]):
+            return -1
+        colon[0] = i
+        i += 2
     return i
 
 cdef inline bint _same(const unsigned char* p, Py_ssize_t a, Py_ssize_t alen,
@@ -783,24 +1290,12 @@ cdef inline bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const c
                      Py_ssize_t litlen) noexcept nogil:
     return b - a == litlen and memcmp(p + a, lit, litlen) == 0
 
-cdef bint _in_names(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, tuple names):
-    cdef bytes name
-    for name in names:
-        if len(name) == b - a and memcmp(p + a, PyBytes_AS_STRING(name), b - a) == 0:
-            return True
-    return False
-
-def fast_decode_xml(bytes payload, tuple names):
-    """The reference's Message for a simple XML payload, or None.  ``names``: the body
-    element local names for pur, rsn, atn and imq, each a tuple of bytes."""
-    t = _xml_fields(payload, names)
-    return None if t is None else Message(*t)
-
-
-cdef tuple _xml_fields(bytes payload, tuple names):
-    """fast_decode_xml's fields as a tuple in Message's order, or None."""
-    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t n = len(payload), i, j, k, e, colon, acolon, name_end, local_a
+cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
+                    Fields* out) noexcept nogil:
+    """Read a simple XML payload into out, exactly as the reference would: READ,
+    DECLINED or REJECTED.  names: the body element local names read for pur, rsn,
+    atn and imq."""
+    cdef Py_ssize_t i, j, k, e, colon, acolon, name_end, local_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_len
     cdef Py_ssize_t[XML_MAX_NS] ns_a
@@ -809,7 +1304,7 @@ cdef tuple _xml_fields(bytes payload, tuple names):
     cdef Py_ssize_t[XML_MAX_ATTRS] at_a
     cdef Py_ssize_t[XML_MAX_ATTRS] at_len
     cdef int depth = 0, nns = 0, nat, which, f, header_depth = -1, ndst = 0
-    cdef bint root_seen = False, self_closing, header_open = False, header_done = False, bad = False
+    cdef bint root_seen = False, self_closing, header_open = False, header_done = False
     cdef Py_ssize_t mke_a = -1, mke_b = -1, ori_a = -1, ori_b = -1, ctl_a = -1, ctl_b = -1
     cdef Py_ssize_t[5] dst_a
     cdef Py_ssize_t[5] dst_b
@@ -817,14 +1312,16 @@ cdef tuple _xml_fields(bytes payload, tuple names):
     cdef Py_ssize_t[4] el_b
     cdef Py_ssize_t text_a, text_b
     cdef unsigned char c, q
-    if n == 0 or p[0] != 60:
-        return None
-    for i in range(n):
+    if n == 0 or p[0] != 60 or names.count < 0:
+        return False
+    i = sg_find_special(p, 0, n, 38, 93)  # a control, non-ASCII, '&' or ']'
+    while i < n:
         c = p[i]
         if c > 126 or c == 38 or (c < 32 and c != 9 and c != 10):  # non-ASCII, '&', controls
-            return None
+            return False
         if c == 93 and i + 2 < n and p[i + 1] == 93 and p[i + 2] == 62:  # "]]>"
-            return None
+            return False
+        i = sg_find_special(p, i + 1, n, 38, 93)
     for f in range(4):
         el_a[f] = -1
         el_b[f] = -1
@@ -836,7 +1333,7 @@ cdef tuple _xml_fields(bytes payload, tuple names):
                           or memcmp(p, b'<?xml version="1.0" encoding="utf-8"?>', 38) == 0):
             i = 38
         else:
-            return None
+            return False
     while True:
         # between markup
         if depth == 0:
@@ -845,26 +1342,27 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             if i == n:
                 break
             if p[i] != 60:
-                return None  # text outside the root
+                return False  # text outside the root
         else:
-            while i < n and p[i] != 60:
-                i += 1
+            i = _next_lt(p, i, n)
             if i == n:
-                return None  # unclosed
+                return REJECTED  # cut off inside an element: not well-formed
         # p[i] == '<'
         if i + 1 >= n:
-            return None
+            return False
         c = p[i + 1]
         if c == 47:  # end tag
             if depth == 0:
-                return None
-            j = _qname(p, i + 2, n, &colon)
-            if j < 0 or not _same(p, open_a[depth - 1], open_len[depth - 1], i + 2, j - (i + 2)):
-                return None
+                return False
+            # the open element's name (checked when it opened), and no more of a name
+            j = i + 2 + open_len[depth - 1]
+            if j >= n or memcmp(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) != 0 \
+                    or _name_char(p[j]) or p[j] == 58:
+                return False
             while j < n and _ws(p[j]):
                 j += 1
             if j >= n or p[j] != 62:
-                return None
+                return False
             depth -= 1
             while nns > 0 and ns_depth[nns - 1] > depth:
                 nns -= 1
@@ -874,13 +1372,13 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             i = j + 1
             continue
         if c == 33 or c == 63:  # <! or <?: DTD, comment, CDATA, PI
-            return None
+            return False
         # start tag
         if depth == 0 and root_seen:
-            return None
+            return False
         name_end = _qname(p, i + 1, n, &colon)
         if name_end < 0:
-            return None
+            return False
         j = name_end
         nat = 0
         self_closing = False
@@ -889,24 +1387,24 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             while j < n and _ws(p[j]):
                 j += 1
             if j >= n:
-                return None
+                return False
             if p[j] == 62:  # '>'
                 j += 1
                 break
             if p[j] == 47:  # '/>'
                 if j + 1 >= n or p[j + 1] != 62:
-                    return None
+                    return False
                 self_closing = True
                 j += 2
                 break
             if j == k:
-                return None  # attributes need whitespace before them
+                return False  # attributes need whitespace before them
             e = _qname(p, j, n, &acolon)
             if e < 0 or nat == XML_MAX_ATTRS:
-                return None
+                return False
             for f in range(nat):
                 if _same(p, at_a[f], at_len[f], j, e - j):
-                    return None  # duplicate attribute
+                    return False  # duplicate attribute
             at_a[nat] = j
             at_len[nat] = e - j
             nat += 1
@@ -914,27 +1412,27 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             while k < n and _ws(p[k]):
                 k += 1
             if k >= n or p[k] != 61:  # '='
-                return None
+                return False
             k += 1
             while k < n and _ws(p[k]):
                 k += 1
             if k >= n or (p[k] != 34 and p[k] != 39):
-                return None
+                return False
             q = p[k]
             k += 1
             text_a = k
             while k < n and p[k] != q:
                 if p[k] == 60:
-                    return None
+                    return False
                 k += 1
             if k >= n:
-                return None
+                return False
             text_b = k
             if acolon >= 0:
                 if not _is(p, j, acolon, b"xmlns", 5):
-                    return None  # prefixed attributes: left to the reference
+                    return False  # prefixed attributes: left to the reference
                 if text_a == text_b or nns == XML_MAX_NS:
-                    return None
+                    return False
                 ns_a[nns] = acolon + 1
                 ns_len[nns] = e - acolon - 1
                 ns_depth[nns] = depth + 1
@@ -946,7 +1444,9 @@ cdef tuple _xml_fields(bytes payload, tuple names):
             while f >= 0 and not _same(p, ns_a[f], ns_len[f], i + 1, colon - (i + 1)):
                 f -= 1
             if f < 0:
-                return None
+                if _is(p, i + 1, colon, b"xml", 3):
+                    return False  # the predefined prefix: left to the reference
+                return REJECTED  # an unbound prefix: expat's namespace error
             local_a = colon + 1
         else:
             local_a = i + 1
@@ -955,8 +1455,7 @@ cdef tuple _xml_fields(bytes payload, tuple names):
         else:
             text_a = j
             text_b = j
-            while text_b < n and p[text_b] != 60:
-                text_b += 1
+            text_b = _next_lt(p, j, n)
         # what this element is
         if not header_done and not header_open and _is(p, local_a, name_end, b"NLETSMessageHeader", 18):
             header_open = True
@@ -970,17 +1469,18 @@ cdef tuple _xml_fields(bytes payload, tuple names):
                     ori_a, ori_b = text_a, text_b
             elif _is(p, local_a, name_end, b"DestinationORIID", 16):
                 if ndst == 5:
-                    return None
+                    return False
                 dst_a[ndst] = text_a
                 dst_b[ndst] = text_b
                 ndst += 1
             elif _is(p, local_a, name_end, b"DocumentControlFieldText", 24):
                 if ctl_a < 0:
                     ctl_a, ctl_b = text_a, text_b
-        for f in range(4):
-            if el_a[f] < 0 and _in_names(p, local_a, name_end, <tuple> names[f]):
-                el_a[f] = text_a
-                el_b[f] = text_b
+        for f in range(names.count):
+            which = names.field[f]
+            if el_a[which] < 0 and _is(p, local_a, name_end, names.name[f], names.length[f]):
+                el_a[which] = text_a
+                el_b[which] = text_b
         root_seen = True
         if self_closing:
             while nns > 0 and ns_depth[nns - 1] > depth:
@@ -990,173 +1490,334 @@ cdef tuple _xml_fields(bytes payload, tuple names):
                 header_done = True
         else:
             if depth == XML_MAX_DEPTH:
-                return None
+                return False
             open_a[depth] = i + 1
             open_len[depth] = name_end - (i + 1)
             depth += 1
         i = j
     if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
-        return None
+        return False
     # the header's values, stripped and checked as the reference checks them
     mke_a = _strip_a(p, mke_a, mke_b)
     mke_b = _strip_b(p, mke_a, mke_b)
     if not (2 <= mke_b - mke_a <= 3):
-        return None
+        return False
     for k in range(mke_a, mke_b):
         if not _upper(p[k]):
-            return None
+            return False
     ori_a = _strip_a(p, ori_a, ori_b)
     ori_b = _strip_b(p, ori_a, ori_b)
     if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
-        return None
+        return False
     for k in range(ori_a + 2, ori_b):
         if not _alnum(p[k]):
-            return None
-    dst = PyTuple_New(ndst)
+            return False
     for f in range(ndst):
-        dst_a[f] = _strip_a(p, dst_a[f], dst_b[f])
-        dst_b[f] = _strip_b(p, dst_a[f], dst_b[f])
-        if not _is_dst(p, dst_a[f], dst_b[f]):
-            return None
-        d = _ascii(p, dst_a[f], dst_b[f])
-        Py_INCREF(d)
-        PyTuple_SET_ITEM(dst, f, d)
-    ctl = _code(p, ctl_a, ctl_b, 10, &bad) if ctl_a >= 0 else None
-    pur = _code(p, el_a[0], el_b[0], 10, &bad) if el_a[0] >= 0 else None
-    rsn = _code(p, el_a[1], el_b[1], 10, &bad) if el_a[1] >= 0 else None
-    atn = _code(p, el_a[2], el_b[2], 100, &bad) if el_a[2] >= 0 else None
-    if bad:
-        return None
-    return ("xml", _ascii(p, mke_a, mke_b), _ascii(p, ori_a, ori_b), dst, ctl, pur, rsn, atn,
-            el_a[3] >= 0 and _yes(p, el_a[3], el_b[3]))
+        out.dst_a[f] = _strip_a(p, dst_a[f], dst_b[f])
+        out.dst_b[f] = _strip_b(p, out.dst_a[f], dst_b[f])
+        if not _is_dst(p, out.dst_a[f], out.dst_b[f]):
+            return False
+    out.fmt = FMT_XML
+    out.mke_a, out.mke_b, out.ori_a, out.ori_b = mke_a, mke_b, ori_a, ori_b
+    out.ndst = ndst
+    out.ctl_a = out.ctl_b = -1
+    if ctl_a >= 0 and not _code_span(p, ctl_a, ctl_b, 10, &out.ctl_a, &out.ctl_b):
+        return False
+    return _finish_codes(p, el_a, el_b, out)
 
 
-# ------------------------------------------------------------ JSON fast path
+# ---------------------------------------------------------------------- framing
+
+cdef enum:
+    FR_NONE = 0      # no complete frame left in this chunk
+    FR_FRAME = 1
+    FR_OVERSIZE = 2
+
+
+cdef class _Framer:
+    """Compiled framing; the plain statement is proxy._framing.
+
+    Per chunk: :meth:`take` gives the bytes to cut (what was carried from the last
+    chunk, then the chunk), :meth:`next` steps through them one frame at a time as
+    spans, and :meth:`keep` carries the incomplete rest to the next chunk.
+    """
+
+    cdef bytes buf            # the start of an incomplete frame
+    cdef Py_ssize_t max_frame
+    cdef bint delimited
+    cdef bytes term
+    cdef Py_ssize_t tlen
+    cdef Py_ssize_t skip      # len32: payload bytes still to discard
+    cdef Py_ssize_t skipped   # delimited: >= 0 while discarding
+
+    def __init__(self, bint delimited, Py_ssize_t max_frame, bytes terminator):
+        self.buf = b""
+        self.max_frame = max_frame
+        self.delimited = delimited
+        self.term = terminator
+        self.tlen = len(terminator)
+        self.skip = 0
+        self.skipped = -1
+
+    @property
+    def pending(self):
+        """Bytes of a frame not yet complete and not yet decided."""
+        return len(self.buf) + (self.skipped if self.skipped > 0 else 0)
+
+    @property
+    def busy(self):
+        """Within a frame, including one being skipped."""
+        return len(self.buf) > 0 or self.skip > 0 or self.skipped >= 0
+
+    cdef bytes take(self, bytes data):
+        cdef Py_ssize_t taken
+        if self.skip:
+            taken = min(self.skip, len(data))
+            self.skip -= taken
+            if taken:
+                data = data[taken:]
+        if self.buf:
+            return self.buf + data
+        return data
+
+    cdef void keep(self, bytes src, Py_ssize_t pos):
+        self.buf = src[pos:] if pos < len(src) else b""
+
+    cdef int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, Py_ssize_t* a,
+                  Py_ssize_t* b, Py_ssize_t* raw_a, Py_ssize_t* raw_b) noexcept:
+        """The next frame at pos: FR_FRAME with its payload [a, b) and its bytes on
+        the wire [raw_a, raw_b); FR_OVERSIZE with its size in a; or FR_NONE."""
+        cdef unsigned long long size
+        cdef Py_ssize_t i = pos[0], end, keep, avail
+        if not self.delimited:
+            if n - i < 4:
+                return FR_NONE
+            size = (<unsigned long long> p[i] << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3]
+            avail = n - i - 4
+            if size > <unsigned long long> self.max_frame:
+                a[0] = <Py_ssize_t> size
+                if <unsigned long long> avail >= size:
+                    pos[0] = i + 4 + <Py_ssize_t> size
+                else:
+                    self.skip = <Py_ssize_t> size - avail
+                    pos[0] = n
+                return FR_OVERSIZE
+            if <unsigned long long> avail < size:
+                return FR_NONE
+            raw_a[0] = i
+            a[0] = i + 4
+            b[0] = raw_b[0] = pos[0] = i + 4 + <Py_ssize_t> size
+            return FR_FRAME
+        while True:
+            end = _find(p, i, n, <const unsigned char*> PyBytes_AS_STRING(self.term), self.tlen)
+            if self.skipped >= 0:
+                if end < 0:
+                    keep = min(self.tlen - 1, n - i)
+                    self.skipped += n - i - keep
+                    pos[0] = n - keep
+                    return FR_NONE
+                a[0] = self.skipped + end - i
+                self.skipped = -1
+                pos[0] = end + self.tlen
+                return FR_OVERSIZE
+            if end < 0:
+                if n - i > self.max_frame + self.tlen - 1:
+                    self.skipped = 0
+                    continue
+                pos[0] = i
+                return FR_NONE
+            pos[0] = end + self.tlen
+            if end - i > self.max_frame:
+                a[0] = end - i
+                return FR_OVERSIZE
+            raw_a[0] = a[0] = i
+            b[0] = end
+            raw_b[0] = end + self.tlen
+            return FR_FRAME
+
+
+cdef Py_ssize_t _find(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                      const unsigned char* t, Py_ssize_t tlen) noexcept nogil:
+    """The index of t in p[i:n], or -1."""
+    cdef const unsigned char* hit
+    while n - i >= tlen:
+        hit = <const unsigned char*> memchr(p + i, t[0], n - i - tlen + 1)
+        if hit == NULL:
+            return -1
+        if memcmp(hit, t, tlen) == 0:
+            return hit - p
+        i = hit - p + 1
+    return -1
+
+
+def compiled_framer_events(bint delimited, Py_ssize_t max_frame, bytes terminator, chunks):
+    """Run the compiled framer over chunks, as proxy._framing's events; for the
+    differential tests."""
+    cdef _Framer f = _Framer(delimited, max_frame, terminator)
+    cdef Py_ssize_t pos, a, b, ra, rb
+    cdef int kind
+    out = []
+    for c in chunks:
+        src = f.take(bytes(c))
+        pos = 0
+        while True:
+            kind = f.next(<const unsigned char*> PyBytes_AS_STRING(src), len(src), &pos, &a, &b, &ra, &rb)
+            if kind == FR_NONE:
+                break
+            if kind == FR_OVERSIZE:
+                out.append(("oversize", a))
+            else:
+                out.append(("frame", src[a:b], src[ra:rb]))
+        f.keep(src, pos)
+    return out, f.pending, f.busy
+
+
+# ----------------------------------------------------------------- log lines
 #
-# msgspec does the parsing; this replaces only the reference's field checks (regular
-# expressions in Python) with loops, and declines to the reference wherever a check
-# fails, so that the reference raises its own error.
+# A decision's log line is written here, byte for byte what msgspec makes of the
+# LogRecord (compact JSON, fields in order): the tests hold the two to it.  Values
+# from the fast paths are printable ASCII, so a string needs only '"' and '\\'
+# escaped; a message the reference decoders read goes through msgspec itself.
 
-cdef bint _str_upper(str s, Py_ssize_t lo, Py_ssize_t hi):
-    cdef Py_UCS4 ch
-    if not lo <= len(s) <= hi:
-        return False
-    for ch in s:
-        if not ("A" <= ch <= "Z"):
-            return False
-    return True
-
-cdef bint _str_ori(str s):
-    cdef Py_UCS4 ch
-    cdef Py_ssize_t i = 0
-    if len(s) != 9:
-        return False
-    for ch in s:
-        if not (("A" <= ch <= "Z") or (i >= 2 and "0" <= ch <= "9")):
-            return False
-        i += 1
-    return True
-
-cdef bint _str_dst(str s):
-    cdef Py_UCS4 ch
-    if len(s) != 2 and len(s) != 9:
-        return False
-    for ch in s:
-        if not (("A" <= ch <= "Z") or ("0" <= ch <= "9")):
-            return False
-    return True
-
-cdef object _str_code(object v, Py_ssize_t limit, bint* bad):
-    """The reference's _check_code/_check_atn for a str or None; bad where it raises."""
-    if v is None:
-        return None
-    v = (<str> v).strip()
-    if not v:
-        return None
-    if len(v) > limit or not (<str> v).isprintable():
-        bad[0] = True
-        return None
-    return v
+cdef struct Buf:
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
 
 
-def fast_decode_json(bytes payload):
-    """The reference's Message for a JSON payload whose fields pass, or None."""
-    t = _json_fields(payload)
-    return None if t is None else Message(*t)
+cdef int _grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = max(b.cap * 2, b.len + extra, 4096)
+    cdef char* d = <char*> realloc(b.data, cap)
+    if d == NULL:
+        raise MemoryError()
+    b.data = d
+    b.cap = cap
+    return 0
 
 
-cdef tuple _json_fields(bytes payload):
-    cdef bint bad = False
-    try:
-        m = _json_decoder.decode(payload)
-    except Exception:
-        return None
-    mke = m.mke
-    ori = m.ori
-    dst = m.dst
-    if not _str_upper(mke, 2, 3) or not _str_ori(ori) or not 1 <= len(dst) <= 5:
-        return None
-    for d in dst:
-        if not _str_dst(d):
-            return None
-    ctl = m.ctl
-    if ctl is not None:
-        if ctl == "":
-            ctl = None
-        elif len(ctl) > 10 or not (<str> ctl).isprintable():
-            return None
-    pur = _str_code(m.pur, 10, &bad)
-    rsn = _str_code(m.rsn, 10, &bad)
-    atn = _str_code(m.atn, 100, &bad)
-    if bad:
-        return None
-    return ("json", mke, ori, tuple(dst), ctl, pur, rsn, atn, bool(m.imq))
+cdef inline int _put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    cdef char* d
+    if b.len + n > b.cap:
+        _grow(b, n)
+    d = b.data + b.len
+    if n <= 32:  # a log line's pieces are short: a call to memcpy would cost more
+        for i in range(n):
+            d[i] = s[i]
+    else:
+        memcpy(d, s, n)
+    b.len += n
+    return 0
 
 
-cdef tuple _message_tuple(msg):
-    """A reference decoder's Message as the fast paths' tuple."""
-    return (msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur, msg.rsn, msg.atn, msg.imq)
+cdef inline int _put_bytes(Buf* b, bytes s) except -1:
+    return _put(b, PyBytes_AS_STRING(s), len(s))
+
+
+cdef inline int _put_dec(Buf* b, unsigned long long v) except -1:
+    cdef char[24] tmp
+    cdef int i = 24
+    while True:
+        i -= 1
+        tmp[i] = <char> (48 + v % 10)
+        v //= 10
+        if v == 0:
+            break
+    return _put(b, tmp + i, 24 - i)
+
+
+cdef inline int _put_hex(Buf* b, unsigned long long v) except -1:
+    cdef char[20] tmp
+    cdef int i = 20
+    while True:
+        i -= 1
+        tmp[i] = b"0123456789abcdef"[v & 15]
+        v >>= 4
+        if v == 0:
+            break
+    return _put(b, tmp + i, 20 - i)
+
+
+cdef int _put_str(Buf* b, const unsigned char* p, Py_ssize_t a, Py_ssize_t e) except -1:
+    """A JSON string of printable ASCII p[a:e], or null when a < 0."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if a < 0:
+        return _put(b, "null", 4)
+    if b.len + 2 * (e - a) + 2 > b.cap:
+        _grow(b, 2 * (e - a) + 2)
+    b.data[b.len] = 34
+    b.len += 1
+    for i in range(a, e):
+        c = p[i]
+        if c == 34 or c == 92:
+            b.data[b.len] = 92
+            b.len += 1
+        b.data[b.len] = <char> c
+        b.len += 1
+    b.data[b.len] = 34
+    b.len += 1
+    return 0
+
+
+cdef bytes _buf_bytes(Buf* b):
+    return PyBytes_FromStringAndSize(b.data, b.len)
+
+
+def line_ends(bytes data, Py_ssize_t pos, Py_ssize_t k):
+    """The index just after the k-th line of data from pos (data ends in a newline,
+    one per line); len(data) if it has fewer."""
+    cdef const char* p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = len(data)
+    cdef const char* nl
+    while k > 0 and pos < n:
+        nl = <const char*> memchr(p + pos, 10, n - pos)
+        if nl == NULL:
+            return n
+        pos = nl - p + 1
+        k -= 1
+    return pos
 
 
 # ----------------------------------------------------------------------- engine
 
+_json = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(LogRecord)
 
-class Batch:
-    """What one chunk produced: log records in decision order, the exact bytes to
-    forward, and the (record, payload) of each denied ``in`` message to answer."""
+cdef bytes _ACTION_ALLOW = b',"action":"allow","rule":'
+cdef bytes _ACTION_DENY = b',"action":"deny","rule":'
+cdef tuple _FMT_JSON = (b'"text"', b'"xml"', b'"json"')
+cdef bytes _REJECT_FIELDS = (b',"mke":null,"ori":null,"dst":null,"ctl":null,"pur":null,"rsn":null,'
+                             b'"atn":null,"imq":null,"agency":null,"groups":[],"action":"reject","rule":')
 
-    __slots__ = ("records", "forward", "denials")
-
-    def __init__(self, records, forward, denials):
-        self.records = records
-        self.forward = forward
-        self.denials = denials
-
-
-cdef inline void _count(dict counts, str direction, str action, str rule):
-    """Decisions by (direction, action, rule), for the metrics endpoint."""
-    key = (direction, action, rule)
-    v = PyDict_GetItem(counts, key)
-    counts[key] = (<object> v) + 1 if v != NULL else 1
+cdef enum:
+    REJ_OVERSIZE = 0
+    REJ_MALFORMED = 1
 
 
-cdef object _detect(bytes payload):
-    stripped = payload.lstrip(BLANK)
-    if not stripped:
-        return None
-    c = stripped[0]
-    if c == 60:   # '<'
-        return "xml"
-    if c == 123:  # '{'
-        return "json"
-    return "text"
+cdef int _fmt_of(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The payload's format from its first non-blank byte (BLANK in _decode.py); -1
+    when it is all blank."""
+    cdef unsigned char c
+    while a < b:
+        c = p[a]
+        if not (c == 32 or c == 9 or c == 13 or c == 10 or c == 0 or c == 127):
+            if c == 60:
+                return FMT_XML
+            if c == 123:
+                return FMT_JSON
+            return FMT_TEXT
+        a += 1
+    return -1
 
 
 cdef class Engine:
     """Decides one direction of one connection.
 
     ``sequencer`` is shared by every engine writing to the same log: its ``seq`` and
-    ``decisions`` counters are advanced once per chunk.
+    ``decisions`` counters are advanced once per chunk.  :meth:`feed` returns the
+    chunk's log lines already encoded; :meth:`decide` only decides and counts (the
+    year benchmark's path).
     """
 
     cdef _Framer framer
@@ -1165,6 +1826,19 @@ cdef class Engine:
     cdef readonly int conn
     cdef readonly object peer
     cdef object sequencer
+    cdef bytes line_mid      # ,"conn":..,"peer":..,"dir":..,"fmt":
+    cdef Buf lines
+    cdef Buf forward
+
+    def __cinit__(self):
+        self.lines.data = NULL
+        self.lines.len = self.lines.cap = 0
+        self.forward.data = NULL
+        self.forward.len = self.forward.cap = 0
+
+    def __dealloc__(self):
+        free(self.lines.data)
+        free(self.forward.data)
 
     def __init__(self, str direction, int conn, peer, str framing, Py_ssize_t max_frame,
                  bytes terminator, sequencer):
@@ -1176,6 +1850,8 @@ cdef class Engine:
         self.conn = conn
         self.peer = peer
         self.sequencer = sequencer
+        self.line_mid = b',"conn":%d,"peer":%s,"dir":"%s","fmt":' % (conn, _json.encode(peer),
+                                                                     direction.encode())
 
     @property
     def pending(self):
@@ -1186,83 +1862,225 @@ cdef class Engine:
         return self.framer.busy
 
     def feed(self, bytes data, Matcher matcher, str ts):
-        cdef list events = self.framer.feed(data)
-        cdef list records = []
-        cdef list forward = []
-        cdef list denials = []
-        cdef long long seq, n
-        cdef int act
-        cdef bint fwd
-        cdef str action, rule, shadow
-        cdef dict counts
-        cdef tuple t
-        if not events:
-            return Batch(records, b"", denials)
+        """Frame, decode, decide and log one chunk: a Batch."""
+        return self._run(data, matcher, ts, True)
+
+    def decide(self, bytes data, Matcher matcher):
+        """Frame, decode and decide one chunk without writing log lines or copying
+        what to forward; returns how many decisions it made (counted as feed counts)."""
+        return self._run(data, matcher, None, False)
+
+    cdef object _run(self, bytes data, Matcher m, str ts, bint emit):
+        cdef bytes src = self.framer.take(data)
+        cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(src)
+        cdef Py_ssize_t n = len(src), pos = 0, a, b, ra, rb, ls, i
+        cdef long long seq, dec, first
+        cdef int kind, fmt, act, rule, shadow, agency, nrules = m.n_rules
+        cdef bint fwd, answer
+        cdef int ok
+        cdef Fields f
+        cdef Buf* out = &self.lines
+        cdef long long* counts = <long long*> calloc(2 * (nrules + 1) + 2, sizeof(long long))
+        cdef long long* rejects
+        if counts == NULL:
+            raise MemoryError()
+        rejects = counts + 2 * (nrules + 1)
         seqr = self.sequencer
-        seq = seqr.seq
-        n = seqr.decisions
-        counts = seqr.counts
-        run = seqr.run_id
-        rev = matcher.rev
-        mode = matcher.mode
-        monitor = matcher.monitor
-        answer = matcher.deny_reply and not monitor and self.dir_code == DIR_IN
-        xml_fields = matcher.xml_fields
-        xml_names = matcher.xml_names
-        direction = self.direction
-        for ev in events:
-            seq += 1
-            n += 1
-            if ev[0] == "oversize":
-                records.append(LogRecord(ts, f"{run}-{n:x}", seq, self.conn, self.peer,
-                                         direction, None, None, None, None, None, None, None,
-                                         None, None, None, (), "reject", "oversize", None,
-                                         mode, False, rev, ev[1]))
-                _count(counts, direction, "reject", "oversize")
-                continue
-            payload = <bytes> ev[1]
-            fmt = _detect(payload)
-            try:
-                if fmt == "text":
-                    t = _text_fields(payload)
-                    if t is None:
-                        t = _message_tuple(decode_text(payload))
-                elif fmt == "xml":
-                    t = _xml_fields(payload, xml_names)
-                    if t is None:
-                        t = _message_tuple(decode_xml(payload, xml_fields))
-                elif fmt == "json":
-                    t = _json_fields(payload)
-                    if t is None:
-                        t = _message_tuple(decode_json(payload))
+        first = seq = seqr.seq
+        dec = seqr.decisions
+        answer = m.deny_reply and not m.monitor and self.dir_code == DIR_IN
+        denials = None
+        head = b'{"ts":%s,"id":"%s-' % (_json.encode(ts), (<str> seqr.run_id).encode()) if emit else None
+        tail_mode = b',"mode":' + m.mode_json + b',"forwarded":'
+        tail_rev = b',"rev":' + m.rev_json + b',"bytes":'
+        self.lines.len = 0
+        self.forward.len = 0
+        try:
+            while True:
+                kind = self.framer.next(p, n, &pos, &a, &b, &ra, &rb)
+                if kind == FR_NONE:
+                    break
+                seq += 1
+                dec += 1
+                if kind == FR_OVERSIZE:
+                    rejects[REJ_OVERSIZE] += 1
+                    if emit:
+                        self._reject_line(head, dec, seq, -1, b"oversize", tail_mode, tail_rev, a)
+                    continue
+                fmt = _fmt_of(p, a, b)
+                ok = DECLINED
+                if fmt == FMT_TEXT:
+                    ok = _text_spans(p + a, b - a, &f)
+                elif fmt == FMT_XML:
+                    ok = _xml_spans(p + a, b - a, &m.xml_c, &f)
+                elif fmt == FMT_JSON:
+                    ok = _json_spans(p + a, b - a, &f)
+                ls = out.len
+                if ok == REJECTED:
+                    rejects[REJ_MALFORMED] += 1
+                    if emit:
+                        self._reject_line(head, dec, seq, fmt, b"malformed", tail_mode, tail_rev, b - a)
+                    continue
+                if ok == READ:
+                    act = m._decide_fields(p + a, &f, self.dir_code)
+                    fwd = act == ACT_ALLOW or m.monitor
+                    if emit:
+                        self._line(head, dec, seq, p + a, &f, m, act, fwd, tail_mode, tail_rev, b - a)
                 else:
-                    raise Malformed("empty message")
-            except Exception:  # fail closed: an undecodable message is rejected
-                records.append(LogRecord(ts, f"{run}-{n:x}", seq, self.conn, self.peer,
-                                         direction, fmt, None, None, None, None, None, None,
-                                         None, None, None, (), "reject", "malformed", None,
-                                         mode, False, rev, len(payload)))
-                _count(counts, direction, "reject", "malformed")
-                continue
-            mke, ori, dst, atn, imq = t[1], t[2], t[3], t[7], t[8]
-            act = matcher.decide_c(mke, ori, dst, t[5], t[6], atn is not None, imq, self.dir_code)
-            rule = matcher.rule_ids[matcher.last_rule] if matcher.last_rule >= 0 else "default"
-            shadow = matcher.rule_ids[matcher.last_shadow] if matcher.last_shadow >= 0 else None
-            fwd = act == ACT_ALLOW or monitor
-            rec = LogRecord(ts, f"{run}-{n:x}", seq, self.conn, self.peer, direction,
-                            t[0], mke, ori, dst, t[4], t[5], t[6], atn, imq,
-                            matcher.last_agency, matcher.last_groups,
-                            "deny" if act == ACT_DENY else "allow", rule, shadow, mode, fwd,
-                            rev, len(payload))
-            records.append(rec)
-            _count(counts, direction, rec.action, rule)
-            if fwd:
-                forward.append(ev[2])
-            elif answer:
-                denials.append((rec, payload))
+                    payload = PyBytes_FromStringAndSize(<const char*> p + a, b - a)
+                    t = self._slow_fields(payload, fmt, m)
+                    if t is None:
+                        rejects[REJ_MALFORMED] += 1
+                        if emit:
+                            self._reject_line(head, dec, seq, fmt, b"malformed", tail_mode, tail_rev, b - a)
+                        continue
+                    act = m.decide_c(t[1], t[2], t[3], t[5], t[6], t[7] is not None, t[8], self.dir_code)
+                    fwd = act == ACT_ALLOW or m.monitor
+                    if emit:
+                        _put_bytes(out, _json.encode(LogRecord(
+                            ts, f"{seqr.run_id}-{dec:x}", seq, self.conn, self.peer,
+                            self.direction, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
+                            m.last_agency, m.last_groups, "deny" if act == ACT_DENY else "allow",
+                            m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default",
+                            m.rule_ids[m.last_shadow] if m.last_shadow >= 0 else None,
+                            m.mode, fwd, m.rev, b - a)))
+                        _put_bytes(out, b"\n")
+                counts[2 * (m.last_rule if m.last_rule >= 0 else nrules) + act] += 1
+                if not emit:
+                    continue
+                if fwd:
+                    _put(&self.forward, <const char*> p + ra, rb - ra)
+                elif answer:
+                    if denials is None:
+                        denials = []
+                    denials.append((ls, out.len, a, b))
+            self.framer.keep(src, pos)
+            self._count(m, counts)
+        finally:
+            free(counts)
         seqr.seq = seq
-        seqr.decisions = n
-        return Batch(records, b"".join(forward), denials)
+        seqr.decisions = dec
+        if not emit:
+            return seq - first
+        lines = _buf_bytes(&self.lines)
+        return Batch(lines, seq - first, seq,
+                     _buf_bytes(&self.forward) if self.forward.len else b"",
+                     [(_record_decoder.decode(lines[d[0]:d[1] - 1]), src[d[2]:d[3]])
+                      for d in denials] if denials else [])
+
+    cdef object _slow_fields(self, bytes payload, int fmt, Matcher m):
+        """The reference decoder's fields for what no fast path read; None if it
+        rejects the payload (fail closed)."""
+        try:
+            if fmt == FMT_TEXT:
+                return _message_tuple(decode_text(payload))
+            if fmt == FMT_XML:
+                return _message_tuple(decode_xml(payload, m.xml_fields))
+            if fmt == FMT_JSON:
+                return _message_tuple(decode_json(payload))
+        except Exception:
+            return None
+        return None
+
+    cdef int _count(self, Matcher m, long long* counts) except -1:
+        """Add a chunk's decisions to the sequencer's counts by (direction, action, rule)."""
+        cdef Py_ssize_t r, k
+        cdef dict c = self.sequencer.counts
+        for r in range(m.n_rules + 1):
+            for k in range(2):
+                if counts[2 * r + k]:
+                    key = (self.direction, "deny" if k == ACT_DENY else "allow",
+                           m.rule_ids[r] if r < m.n_rules else "default")
+                    c[key] = c.get(key, 0) + counts[2 * r + k]
+        r = 2 * (m.n_rules + 1)
+        for k, rule in ((REJ_OVERSIZE, "oversize"), (REJ_MALFORMED, "malformed")):
+            if counts[r + k]:
+                key = (self.direction, "reject", rule)
+                c[key] = c.get(key, 0) + counts[r + k]
+        return 0
+
+    cdef int _line_head(self, bytes head, long long dec, long long seq) except -1:
+        cdef Buf* out = &self.lines
+        _put_bytes(out, head)
+        _put_hex(out, dec)
+        _put_bytes(out, b'","seq":')
+        _put_dec(out, seq)
+        _put_bytes(out, self.line_mid)
+        return 0
+
+    cdef int _line_tail(self, bytes tail_mode, bint fwd, bytes tail_rev, Py_ssize_t size) except -1:
+        cdef Buf* out = &self.lines
+        _put_bytes(out, tail_mode)
+        if fwd:
+            _put_bytes(out, b"true")
+        else:
+            _put_bytes(out, b"false")
+        _put_bytes(out, tail_rev)
+        _put_dec(out, size)
+        _put_bytes(out, b"}\n")
+        return 0
+
+    cdef int _reject_line(self, bytes head, long long dec, long long seq, int fmt, bytes rule,
+                          bytes tail_mode, bytes tail_rev, Py_ssize_t size) except -1:
+        cdef Buf* out = &self.lines
+        self._line_head(head, dec, seq)
+        if fmt < 0:
+            _put_bytes(out, b"null")
+        else:
+            _put_bytes(out, <bytes> _FMT_JSON[fmt])
+        _put_bytes(out, _REJECT_FIELDS)
+        _put_bytes(out, b'"')
+        _put_bytes(out, rule)
+        _put_bytes(out, b'","shadow":null')
+        return self._line_tail(tail_mode, False, tail_rev, size)
+
+    cdef int _line(self, bytes head, long long dec, long long seq, const unsigned char* p,
+                   Fields* f, Matcher m, int act, bint fwd, bytes tail_mode, bytes tail_rev,
+                   Py_ssize_t size) except -1:
+        cdef Buf* out = &self.lines
+        cdef int i
+        self._line_head(head, dec, seq)
+        _put_bytes(out, <bytes> _FMT_JSON[f.fmt])
+        _put_bytes(out, b',"mke":')
+        _put_str(out, p, f.mke_a, f.mke_b)
+        _put_bytes(out, b',"ori":')
+        _put_str(out, p, f.ori_a, f.ori_b)
+        _put_bytes(out, b',"dst":[')
+        for i in range(f.ndst):
+            if i:
+                _put_bytes(out, b",")
+            _put_str(out, p, f.dst_a[i], f.dst_b[i])
+        _put_bytes(out, b'],"ctl":')
+        _put_str(out, p, f.ctl_a, f.ctl_b)
+        _put_bytes(out, b',"pur":')
+        _put_str(out, p, f.code_a[0], f.code_b[0])
+        _put_bytes(out, b',"rsn":')
+        _put_str(out, p, f.code_a[1], f.code_b[1])
+        _put_bytes(out, b',"atn":')
+        _put_str(out, p, f.code_a[2], f.code_b[2])
+        if f.imq:
+            _put_bytes(out, b',"imq":true,"agency":')
+        else:
+            _put_bytes(out, b',"imq":false,"agency":')
+        if self.dir_code == DIR_IN:
+            _put_str(out, p, f.ori_a, f.ori_b)
+        else:
+            _put_str(out, p, f.dst_a[0], f.dst_b[0])
+        _put_bytes(out, b',"groups":')
+        _put_bytes(out, <bytes> (<tuple> m.group_sets[m._group_set(m.last_party)])[1])
+        _put_bytes(out, _ACTION_DENY if act == ACT_DENY else _ACTION_ALLOW)
+        _put_bytes(out, <bytes> m.rule_json[m.last_rule if m.last_rule >= 0 else m.n_rules])
+        _put_bytes(out, b',"shadow":')
+        if m.last_shadow >= 0:
+            _put_bytes(out, <bytes> m.rule_json[m.last_shadow])
+        else:
+            _put_bytes(out, b"null")
+        return self._line_tail(tail_mode, fwd, tail_rev, size)
+
+
+cdef tuple _message_tuple(msg):
+    """A reference decoder's Message as the fast paths' tuple."""
+    return (msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur, msg.rsn, msg.atn, msg.imq)
 
 
 # ------------------------------------------------------------- log scanning

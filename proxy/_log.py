@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from ._fastmatch import line_ends
 from ._logfiles import SEAL_PREFIX, ZERO_HASH, max_rotation_number, rotated_files
 from ._types import LogRecord
 
@@ -329,32 +330,39 @@ class DecisionLog:
         self.broken = False
 
     def write(self, records: list[LogRecord]) -> None:
-        """Log a batch, sealing where due; all or nothing."""
-        if not records:
+        """Log a batch of records, sealing where due; all or nothing."""
+        if records:
+            self.write_lines(self._encoder.encode_lines(records), len(records), records[-1].seq)
+
+    def write_lines(self, data: bytes, count: int, last_seq: int) -> None:
+        """Log ``count`` encoded lines (the last numbered ``last_seq``), sealing where
+        due; all or nothing."""
+        if not count:
             return
         if not self.sealed:
-            self._write_all(self._encoder.encode_lines(records), self._state())
-            self.lines += len(records)
-            self.last_seq = records[-1].seq
+            self._write_all(data, self._state())
+            self.lines += count
+            self.last_seq = last_seq
             return
         state = self._state()
         parts: list[bytes] = []
         sealed = 0
-        i = 0
-        while i < len(records):
-            room = self.seal_every - self._pending
-            part = records[i : i + room]
-            i += len(part)
-            data = self._encoder.encode_lines(part)
-            parts.append(data)
-            self._hasher.update(data)
-            self._pending += len(part)
+        done = pos = 0
+        while done < count:
+            room = min(self.seal_every - self._pending, count - done)
+            end = line_ends(data, pos, room) if room < count - done else len(data)
+            part = data[pos:end] if pos or end < len(data) else data
+            pos = end
+            done += room
+            parts.append(part)
+            self._hasher.update(part)
+            self._pending += room
             if self._pending >= self.seal_every:
                 parts.append(self._seal_bytes())
                 sealed += 1
         self._write_all(b"".join(parts), state)
-        self.lines += len(records)
-        self.last_seq = records[-1].seq
+        self.lines += count
+        self.last_seq = last_seq
         if sealed:
             self.seals += sealed
             self._last_seal_time = self.clock()

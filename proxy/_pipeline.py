@@ -12,6 +12,8 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
+import msgspec
+
 from ._decode import decode, detect_format
 from ._framing import make_framer
 from ._policy import Policy, decide
@@ -40,15 +42,46 @@ def utc_timestamp(now: datetime | None = None) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_lines_encoder = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(LogRecord)
+
+
 class Batch:
-    __slots__ = ("records", "forward", "denials")
+    """What one chunk produced: its log lines, encoded (``count`` of them, the last
+    numbered ``last_seq``), the exact bytes to forward, and the (record, payload) of
+    each denied ``in`` message to answer.  ``records`` decodes the lines when asked."""
+
+    __slots__ = ("lines", "count", "last_seq", "forward", "denials", "_records")
 
     def __init__(
-        self, records: list[LogRecord], forward: bytes, denials: list[tuple[LogRecord, bytes]]
+        self,
+        lines: bytes,
+        count: int,
+        last_seq: int,
+        forward: bytes,
+        denials: list[tuple[LogRecord, bytes]],
+        records: list[LogRecord] | None = None,
     ) -> None:
-        self.records = records
+        self.lines = lines
+        self.count = count
+        self.last_seq = last_seq
         self.forward = forward
         self.denials = denials
+        self._records = records
+
+    @property
+    def records(self) -> list[LogRecord]:
+        if self._records is None:
+            self._records = [_record_decoder.decode(line) for line in self.lines.splitlines()]
+        return self._records
+
+    @classmethod
+    def of_records(
+        cls, records: list[LogRecord], forward: bytes, denials: list[tuple[LogRecord, bytes]]
+    ) -> Batch:
+        last = records[-1].seq if records else 0
+        lines = _lines_encoder.encode_lines(records) if records else b""
+        return cls(lines, len(records), last, forward, denials, records)
 
 
 class ReferenceEngine:
@@ -127,7 +160,7 @@ class ReferenceEngine:
                 forward.append(raw)
             elif self.direction == "in" and policy.deny_reply:
                 denials.append((rec, payload))
-        return Batch(records, b"".join(forward), denials)
+        return Batch.of_records(records, b"".join(forward), denials)
 
 
 def incomplete_record(engine, sequencer: Sequencer, matcher, ts: str) -> LogRecord:

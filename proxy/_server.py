@@ -374,18 +374,18 @@ class Proxy:
                     state.frame_since = start
             else:
                 state.frame_since = None
-            if not batch.records:
+            if not batch.count:
                 continue
             try:
                 if log.broken:
                     log.reopen()  # a log that failed may be writable again
-                log.write(batch.records)
+                log.write_lines(batch.lines, batch.count, batch.last_seq)
             except (LogUnavailable, OSError) as exc:
                 # Fail closed: none of this batch is forwarded or answered, and its
                 # sequence numbers are handed out again.
-                self.sequencer.seq -= len(batch.records)
-                self.dropped_unlogged += len(batch.records)
-                self.warn(f"{exc}; {len(batch.records)} message(s) dropped, not forwarded")
+                self.sequencer.seq -= batch.count
+                self.dropped_unlogged += batch.count
+                self.warn(f"{exc}; {batch.count} message(s) dropped, not forwarded")
                 continue
             replies = b"".join(
                 deny_reply(rec, payload, matcher.policy, proxy_cfg.framing, self.terminator)
@@ -404,7 +404,7 @@ class Proxy:
                     state.sends.discard(scope)
             self.metrics.latency.observe(trio.current_time() - start)
             if scope.cancelled_caught:
-                self.warn(f"conn {state.conn}: closed before a send of {len(batch.records)} decided "
+                self.warn(f"conn {state.conn}: closed before a send of {batch.count} decided "
                           "message(s) finished; the receiver may hold only part of it")  # fmt: skip
                 raise trio.BrokenResourceError("send did not finish before the close")
 

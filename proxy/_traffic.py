@@ -19,6 +19,8 @@ FEDERAL_DHS_ICE = ("VTICE0900", "DCICE0000", "TXICE0300", "CAICE0500")
 FEDERAL_DHS_HSI = ("DCHSI0000", "AZHSI0100", "NYHSI0200")
 FEDERAL_OTHER = ("DCFBI0000", "DCDEA0100", "DCUSM0200", "VAATF0300")
 OTHER_STATES = ("AZ", "NV", "OR", "WA", "TX", "NY", "FL", "IL", "CO", "UT")
+#: Agencies per other state: with the ten states about the 18,000 agencies Nlets links.
+AGENCIES_PER_STATE = 1_800
 
 #: Share of DHS immigration queries among DMV queries, from the seed figures:
 #: 292,114 (ICE) and 605,116 (HSI) of 290 million.
@@ -95,7 +97,7 @@ class TrafficGenerator:
         if r < self.dhs_share + 0.03:
             return rng.choice(FEDERAL_OTHER)
         st = rng.choice(OTHER_STATES)
-        return f"{st}{rng.randrange(10**7):07d}"
+        return f"{st}{rng.randrange(AGENCIES_PER_STATE):05d}00"
 
     def person(self) -> dict[str, str]:
         return synthetic_person(self.rng)

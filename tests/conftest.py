@@ -91,11 +91,15 @@ def make_policy(text: str):
     return compile_policy(parse_config(text, "test.toml"), "test.toml")
 
 
-def read_log(path: Path, seals: bool = False) -> list[dict]:
-    """Decision lines of one log file (seal records too when asked)."""
+def read_log(path: Path, seals: bool = False, torn_tail: bool = False) -> list[dict]:
+    """Decision lines of one log file (seal records too when asked).  ``torn_tail``:
+    the file may end in part of a line (a process killed inside a write), left out."""
     if not path.exists():
         return []
-    lines = [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line]
+    data = path.read_bytes()
+    if torn_tail and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+    lines = [msgspec.json.decode(line) for line in data.splitlines() if line]
     return lines if seals else [r for r in lines if "seal" not in r]
 
 

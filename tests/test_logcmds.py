@@ -260,7 +260,9 @@ async def test_kill_9_under_load_loses_no_forwarded_line(tmp_path):
             clients.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     log_path = tmp_path / "log" / "decisions.jsonl"
-    log = read_log(log_path)
+    # SIGKILL can land inside a write and leave part of the last line: its message
+    # was not forwarded (that waits for the write), and a restart drops the part.
+    log = read_log(log_path, torn_tail=True)
     logged_forwarded = Counter((r["mke"], r["ori"], r["ctl"], r["bytes"])
                                for r in log if r["forwarded"] and r["dir"] == "in")  # fmt: skip
     received = Counter()

@@ -100,6 +100,9 @@ def test_photo_purpose_reason_attention_dst():
     assert both(pur, msg()).rule == "p"
     assert both(pur, msg(pur="E")).rule == "p"
     assert both(pur, msg(pur="C")).rule == "default"
+    # "none" names a missing code; a code spelled "none" is a code like any other
+    assert both(pur, msg(pur="none")).rule == "default"
+    assert both('[[rules]]\nid = "p"\naction = "deny"\npurpose = ["C"]\n', msg(pur="none")).rule == "default"
     rsn = '[[rules]]\nid = "r"\naction = "deny"\nreason = ["I"]\n'
     assert both(rsn, msg(rsn="I")).rule == "r"
     assert both(rsn, msg()).rule == "default"
@@ -125,3 +128,18 @@ def test_more_than_64_rules():
     assert both(rules, msg(ori="AZ0000149")).rule == "r149"
     assert both(rules, msg(ori="AZ0000070")).rule == "r70"
     assert both(rules, msg(ori="AZ0000200")).rule == "default"
+
+
+def test_more_parties_than_the_table_holds():
+    """The compiled matcher keeps at most CACHE_LIMIT (65,536) parties and starts
+    afresh when full: answers stay right across two clears."""
+    policy = make_policy(HEAD + '[groups.ice]\nori = ["??ICE????"]\n'
+                         '[[rules]]\nid = "i"\naction = "deny"\nagency = ["@ice"]\n'
+                         '[[rules]]\nid = "n"\naction = "deny"\ndst = ["NV*"]\n')
+    matcher = Matcher(policy)
+    for i in range(140_000):
+        ori = f"TXICE{i % 10000:04d}" if i % 3 == 0 else f"AZ{i:07d}"
+        dst = (f"NV{i:07d}",) if i % 5 == 0 else ("CA",)
+        m = msg(ori=ori, dst=dst)
+        twin = decide(policy, m, "in")
+        assert matcher.decide(m, "in") == (twin.action, twin.rule, twin.shadow, twin.agency, twin.groups)
