@@ -63,8 +63,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     fast = compiled_matcher()
     config, policy = _load(args.config)
-    import msgspec
-
     from ._framing import frame
     from ._pipeline import Sequencer, utc_timestamp
 

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import msgspec
@@ -197,6 +198,59 @@ class _Syncer:
         self._thread.join()
 
 
+class _HashFeeder:
+    """Feeds written lines into their seal's hash on a background thread.
+
+    Hashing a line costs about as much as deciding and writing it.  A batch is
+    handed here just before its write, so the thread takes the GIL while the write
+    system call has let it go, and hashlib lets it go again over the batch: the hash
+    is computed while the proxy decides the next batch.  The thread keeps the hash
+    as it was before the batch (``undo``), for a write that fails.  Whoever reads
+    or replaces the hash (a seal, a state to restore) calls :meth:`drain` first.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._jobs: list[tuple[DecisionLog, bytes]] = []
+        self._busy = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="stategate-hash", daemon=True)
+        self._thread.start()
+
+    def feed(self, log: DecisionLog, data: bytes) -> None:
+        """Add data to log's current hash, keeping the hash before it as log._undo."""
+        with self._cond:
+            self._jobs.append((log, data))
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._jobs and not self._stopped:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                jobs, self._jobs = self._jobs, []
+                self._busy = True
+            for log, data in jobs:
+                log._undo = log._hasher.copy()
+                log._hasher.update(data)
+
+    def drain(self) -> None:
+        """Wait until everything fed is in its hash."""
+        with self._cond:
+            while self._jobs or self._busy:
+                self._cond.wait()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
 class DecisionLog:
     """Appends sealed records to ``path``; counts lines, seals, rotations and errors."""
 
@@ -231,6 +285,8 @@ class DecisionLog:
         self._fd = -1
         self._generation = 0  # counts opens, so a sync request names its file
         self._syncer = _Syncer(self._sync_failed) if fsync else None
+        self._feeder = _HashFeeder() if sealed else None
+        self._undo: Any = None  # the hash before the last batch fed (see _HashFeeder)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
         self._resume()
@@ -296,6 +352,7 @@ class DecisionLog:
     # ------------------------------------------------------------------ write
 
     def _seal_bytes(self) -> bytes:
+        self._drain()
         h = self._hasher.hexdigest()
         line = seal_line(self.seal_n + 1, self._pending, self.prev, h)
         self.seal_n += 1
@@ -304,13 +361,26 @@ class DecisionLog:
         self._hasher = new_hasher(h, self.key)
         return line
 
+    def _drain(self) -> None:
+        if self._feeder is not None:
+            self._feeder.drain()
+
     def _state(self) -> tuple:
+        self._drain()
         return (self.seal_n, self.prev, self._pending, self._hasher.copy())
 
-    def _restore(self, state: tuple) -> None:
-        self.seal_n, self.prev, self._pending, self._hasher = state
+    def _restore(self, state: tuple | None, fed: bool) -> None:
+        """After a failed write: the seal state as it was before (``state``), or the
+        hash without the batch just fed."""
+        self._drain()
+        if state is not None:
+            self.seal_n, self.prev, self._pending, self._hasher = state
+        elif fed:
+            self._hasher = self._undo
 
-    def _write_all(self, data: bytes, state: tuple) -> None:
+    def _write_all(self, data: bytes, state: tuple | None, fed: bool = False) -> None:
+        """Write all of data or, on failure, none of it (and restore the seal state:
+        ``state``, else undo the batch ``fed`` to the hash)."""
         view = memoryview(data)
         written = 0
         try:
@@ -323,7 +393,7 @@ class DecisionLog:
                     os.ftruncate(self._fd, self._size)
                 except OSError:
                     pass
-            self._restore(state)
+            self._restore(state, fed)
             self.broken = True
             raise LogUnavailable(exc.errno, f"cannot write {self.path}: {exc.strerror}") from exc
         self._size += written
@@ -336,14 +406,49 @@ class DecisionLog:
 
     def write_lines(self, data: bytes, count: int, last_seq: int) -> None:
         """Log ``count`` encoded lines (the last numbered ``last_seq``), sealing where
-        due; all or nothing."""
+        due; all or nothing.
+
+        A seal goes before a batch that would take the lines since the last seal past
+        ``seal_every``, so a batch is written whole and its hash computed in the
+        background (see _HashFeeder); only a batch longer than ``seal_every`` is split,
+        with its seals computed here.
+        """
         if not count:
             return
         if not self.sealed:
-            self._write_all(data, self._state())
+            self._write_all(data, None)
             self.lines += count
             self.last_seq = last_seq
             return
+        if count > self.seal_every:
+            self._write_split(data, count)
+        else:
+            lines, state = data, None
+            if self._pending + count > self.seal_every:
+                state = self._state()
+                data = self._seal_bytes() + lines
+            fed = self._feeder is not None  # None once closed: hashed here
+            if fed:
+                self._feeder.feed(self, lines)
+            self._write_all(data, state, fed=fed)
+            if not fed:
+                self._hasher.update(lines)
+            self._pending += count
+            if state is not None:
+                self.seals += 1
+                self._last_seal_time = self.clock()
+                self._sync()
+        self.lines += count
+        self.last_seq = last_seq
+        if self._size > self.rotate_bytes:
+            try:
+                self.rotate()
+            except OSError as exc:  # the batch is logged; rotation is retried next time
+                self.errors += 1
+                self.warn(f"cannot rotate {self.path}: {exc.strerror or exc}")
+
+    def _write_split(self, data: bytes, count: int) -> None:
+        """A batch of more than seal_every lines, with seals placed in it."""
         state = self._state()
         parts: list[bytes] = []
         sealed = 0
@@ -351,7 +456,7 @@ class DecisionLog:
         while done < count:
             room = min(self.seal_every - self._pending, count - done)
             end = line_ends(data, pos, room) if room < count - done else len(data)
-            part = data[pos:end] if pos or end < len(data) else data
+            part = data[pos:end]
             pos = end
             done += room
             parts.append(part)
@@ -361,18 +466,10 @@ class DecisionLog:
                 parts.append(self._seal_bytes())
                 sealed += 1
         self._write_all(b"".join(parts), state)
-        self.lines += count
-        self.last_seq = last_seq
         if sealed:
             self.seals += sealed
             self._last_seal_time = self.clock()
             self._sync()
-        if self._size > self.rotate_bytes:
-            try:
-                self.rotate()
-            except OSError as exc:  # the batch is logged; rotation is retried next time
-                self.errors += 1
-                self.warn(f"cannot rotate {self.path}: {exc.strerror or exc}")
 
     def _sync(self) -> None:
         """fsync after a seal, in the background (see _Syncer)."""
@@ -441,6 +538,9 @@ class DecisionLog:
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
+        if self._feeder is not None:
+            self._feeder.stop()
+            self._feeder = None
 
     def __enter__(self) -> DecisionLog:
         return self
