@@ -198,6 +198,10 @@ class _Syncer:
         self._thread.join()
 
 
+#: A chunk's lines at least this long are hashed on the background thread.
+BACKGROUND_HASH_BYTES = 32 * 1024
+
+
 class _HashFeeder:
     """Feeds written lines into their seal's hash on a background thread.
 
@@ -427,11 +431,15 @@ class DecisionLog:
             if self._pending + count > self.seal_every:
                 state = self._state()
                 data = self._seal_bytes() + lines
-            fed = self._feeder is not None  # None once closed: hashed here
+            # Big chunks are hashed in the background; a small one (light traffic)
+            # here, where waking a thread would cost more than the hash, and
+            # so once closed (no thread).
+            fed = self._feeder is not None and len(lines) >= BACKGROUND_HASH_BYTES
             if fed:
                 self._feeder.feed(self, lines)
             self._write_all(data, state, fed=fed)
             if not fed:
+                self._drain()  # the hash takes the lines in order
                 self._hasher.update(lines)
             self._pending += count
             if state is not None:
