@@ -2,14 +2,16 @@
 """The compiled hot path: framing, decoding dispatch and the decision, per chunk.
 
 One call to :meth:`Engine.feed` takes a received chunk, cuts it into frames, decodes
-and decides every complete frame, and returns the log records, the bytes to forward
-and the denials to answer.  The Python layer makes one call per chunk, not per message.
+and decides every complete frame, and returns the chunk's log lines (already encoded),
+the bytes to forward and the denials to answer.  The Python layer makes one call per
+chunk, and the engine makes no Python object per message: the decoders read a payload
+into spans of its bytes, the matcher looks the spans up in C tables, and the log line
+is written from the spans into one buffer.
 
-The matcher turns each rule condition into a bit per rule: for every distinct value of
-a message field (agency, key, purpose ...) it computes once which rules that value
-satisfies, and caches the mask.  Deciding a message is then an AND of a few masks and
-a find-first-set.  Its plain-Python twin is :func:`proxy._policy.decide`; the tests
-require the two to agree.
+The matcher turns each rule condition into a bit per rule: each value of a message
+field (agency, key, purpose ...) maps to a row saying which rules that value
+satisfies.  Deciding a message is then an AND of a few rows and a find-first-set.  Its
+plain-Python twin is :func:`proxy._policy.decide`; the tests require the two to agree.
 """
 
 from libc.stdint cimport uint64_t
@@ -114,9 +116,10 @@ def xml_body_names(fields):
 # Most traffic is legacy text, printable ASCII with LF or CR LF line ends.  For exactly
 # that, in either header form, the fast path below reads the header and the four
 # decision elements with byte loops.  For anything else (a control byte, a non-ASCII
-# byte, a header the reference would reject) it returns None and the reference decoder
-# in _decode.py decides, with its exact error.  Where the fast path answers, its answer
-# is the reference's: tests/test_fasttext.py holds it to that on generated, mutated and
+# byte, a header form it cannot place) it declines and the reference decoder in
+# _decode.py decides, with its exact error; a first line whose key or ORI is wrong it
+# rejects itself, as the reference would.  Where the fast path answers, its answer is
+# the reference's: tests/test_fastdecode.py holds it to that on generated, mutated and
 # random payloads.
 
 cdef inline Py_ssize_t _next_lt(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -1241,8 +1244,9 @@ cdef int _text_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 # processing instruction, CDATA or entity reference, an optional plain XML declaration,
 # namespace prefixes declared where they are used.  It checks well-formedness as it
 # goes (tags nest and match, attributes are well formed and distinct, nothing but
-# whitespace outside the root) and declines (returns None) anything else, for the
-# reference to decide.  tests/test_fastxml.py holds its answers to the reference's.
+# whitespace outside the root) and declines anything else, for the reference to
+# decide; a document cut off inside its elements, or using an unbound prefix, it
+# rejects as expat would.  tests/test_fastdecode.py holds it to the reference.
 
 DEF XML_MAX_DEPTH = 64
 DEF XML_MAX_NS = 32

@@ -130,65 +130,51 @@ def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
                 return None, 0
 
 
-class _Syncer:
-    """fsync off the caller's thread.
+class _Worker:
+    """A daemon thread doing queued work in order, for the log's caller to wait on
+    with :meth:`drain`.  Subclasses keep the queue (under ``_cond``) and say how to
+    take and do its work."""
 
-    A seal asks for its file to be synced and returns at once: the proxy's event loop
-    never waits on the disk.  The request holds a duplicate of the file descriptor, so
-    a rotation or reopen can close the original meanwhile and the right file is still
-    synced.  Requests for the same open file coalesce into one fsync, and fsyncs start
-    at most every MIN_INTERVAL seconds.
-    """
+    name = "stategate-worker"
 
-    def __init__(self, on_error: Callable[[OSError], None]) -> None:
-        self._on_error = on_error
+    def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
         self._busy = False
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="stategate-fsync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def request(self, generation: int, fd: int) -> None:
-        with self._cond:
-            if generation not in self._pending:
-                self._pending[generation] = os.dup(fd)
-                self._cond.notify()
+    def _queued(self) -> bool:
+        raise NotImplementedError
 
-    #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
-    #: under load; syncing each at once keeps pages under writeback, and appends to
-    #: such a page wait for the disk.  Requests arriving meanwhile coalesce.
-    MIN_INTERVAL = 0.05
+    def _gather(self) -> None:
+        """Under the lock, with work queued: wait for more to join it, if worth it."""
+
+    def _take(self) -> Any:
+        """Under the lock: all the queued work, leaving the queue empty."""
+        raise NotImplementedError
+
+    def _do(self, work: Any) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
-        last = -self.MIN_INTERVAL
         while True:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                while not self._pending and not self._stopped:
+                while not self._queued() and not self._stopped:
                     self._cond.wait()
-                # let requests gather for what is left of the interval (a stop ends it)
-                deadline = last + self.MIN_INTERVAL
-                while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
-                    self._cond.wait(remaining)
-                if not self._pending:
+                self._gather()
+                if not self._queued():
                     return  # stopped, nothing left
-                batch, self._pending = self._pending, {}
+                work = self._take()
                 self._busy = True
-            last = time.monotonic()
-            for fd in batch.values():
-                try:
-                    os.fsync(fd)
-                except OSError as exc:
-                    self._on_error(exc)
-                finally:
-                    os.close(fd)
+            self._do(work)
 
     def drain(self) -> None:
-        """Wait until every requested fsync is done."""
+        """Wait until everything queued is done."""
         with self._cond:
-            while self._pending or self._busy:
+            while self._queued() or self._busy:
                 self._cond.wait()
 
     def stop(self) -> None:
@@ -198,11 +184,64 @@ class _Syncer:
         self._thread.join()
 
 
+class _Syncer(_Worker):
+    """fsync off the caller's thread.
+
+    A seal asks for its file to be synced and returns at once: the proxy's event loop
+    never waits on the disk.  The request holds a duplicate of the file descriptor, so
+    a rotation or reopen can close the original meanwhile and the right file is still
+    synced.  Requests for the same open file coalesce into one fsync, and fsyncs start
+    at most every MIN_INTERVAL seconds.
+    """
+
+    name = "stategate-fsync"
+
+    #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
+    #: under load; syncing each at once keeps pages under writeback, and appends to
+    #: such a page wait for the disk.  Requests arriving meanwhile coalesce.
+    MIN_INTERVAL = 0.05
+
+    def __init__(self, on_error: Callable[[OSError], None]) -> None:
+        self._on_error = on_error
+        self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
+        self._last = -self.MIN_INTERVAL
+        super().__init__()
+
+    def request(self, generation: int, fd: int) -> None:
+        with self._cond:
+            if generation not in self._pending:
+                self._pending[generation] = os.dup(fd)
+                self._cond.notify()
+
+    def _queued(self) -> bool:
+        return bool(self._pending)
+
+    def _gather(self) -> None:
+        # let requests gather for what is left of the interval (a stop ends it)
+        deadline = self._last + self.MIN_INTERVAL
+        while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
+            self._cond.wait(remaining)
+
+    def _take(self) -> dict[int, int]:
+        batch, self._pending = self._pending, {}
+        return batch
+
+    def _do(self, batch: dict[int, int]) -> None:
+        self._last = time.monotonic()
+        for fd in batch.values():
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._on_error(exc)
+            finally:
+                os.close(fd)
+
+
 #: A chunk's lines at least this long are hashed on the background thread.
 BACKGROUND_HASH_BYTES = 32 * 1024
 
 
-class _HashFeeder:
+class _HashFeeder(_Worker):
     """Feeds written lines into their seal's hash on a background thread.
 
     Hashing a line costs about as much as deciding and writing it.  A batch is
@@ -213,13 +252,11 @@ class _HashFeeder:
     or replaces the hash (a seal, a state to restore) calls :meth:`drain` first.
     """
 
+    name = "stategate-hash"
+
     def __init__(self) -> None:
-        self._cond = threading.Condition()
         self._jobs: list[tuple[DecisionLog, bytes]] = []
-        self._busy = False
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="stategate-hash", daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def feed(self, log: DecisionLog, data: bytes) -> None:
         """Add data to log's current hash, keeping the hash before it as log._undo."""
@@ -227,32 +264,17 @@ class _HashFeeder:
             self._jobs.append((log, data))
             self._cond.notify_all()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-                while not self._jobs and not self._stopped:
-                    self._cond.wait()
-                if not self._jobs:
-                    return
-                jobs, self._jobs = self._jobs, []
-                self._busy = True
-            for log, data in jobs:
-                log._undo = log._hasher.copy()
-                log._hasher.update(data)
+    def _queued(self) -> bool:
+        return bool(self._jobs)
 
-    def drain(self) -> None:
-        """Wait until everything fed is in its hash."""
-        with self._cond:
-            while self._jobs or self._busy:
-                self._cond.wait()
+    def _take(self) -> list[tuple[DecisionLog, bytes]]:
+        jobs, self._jobs = self._jobs, []
+        return jobs
 
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        self._thread.join()
+    def _do(self, jobs: list[tuple[DecisionLog, bytes]]) -> None:
+        for log, data in jobs:
+            log._undo = log._hasher.copy()
+            log._hasher.update(data)
 
 
 class DecisionLog:
