@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from proxy._config import parse_config
-from proxy._fastmatch import Engine, Matcher
+from proxy._fastmatch import Engine, Matcher, fast_decode_text, fast_decode_xml
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
 from proxy._traffic import TrafficGenerator
@@ -153,3 +153,34 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
             assert a.forward == b.forward
             assert a.denials == b.denials
         assert fast.pending == ref.pending == 0
+
+
+def test_log_lines_escape_what_json_must():
+    """The engine writes log lines itself: values with quotes and backslashes (which
+    the fast paths pass through) come out exactly as msgspec writes them, with or
+    without a peer."""
+    from proxy._framing import frame
+
+    policy = compile_policy(parse_config(random_policy_text(random.Random(3))))
+    matcher = Matcher(policy)
+    payloads = [
+        b'KQ.AZ0070000.CA.*Q"1\\.TXT\nATN/SA "DOE" \\ 2.PUR/C"\\.RSN/\\',
+        b'DQ.NV0130000.CA.TXT\nATN/\\\\\\"',
+        b'<n2:NLETS xmlns:n2="urn:n"><n2:NLETSMessageHeader><n2:MessageKeyCodeText>DQ'
+        b'</n2:MessageKeyCodeText><n2:OriginatingORIID>AZ0070000</n2:OriginatingORIID>'
+        b'<n2:DestinationORIID>CA</n2:DestinationORIID><n2:DocumentControlFieldText>a"b\\c'
+        b'</n2:DocumentControlFieldText></n2:NLETSMessageHeader><AttentionText>"Q" \\</AttentionText>'
+        b"</n2:NLETS>",
+        b'{"mke":"DQ","ori":"AZ0070000","dst":["CA"],"atn":"x \\"y\\" \\\\ \\u00e9"}',
+    ]
+    # the C writer is what writes these: the fast paths read them
+    assert fast_decode_text(payloads[0]).atn == 'SA "DOE" \\ 2'
+    assert fast_decode_text(payloads[1]) is not None
+    assert fast_decode_xml(payloads[2], matcher.xml_names).ctl == 'a"b\\c'
+    stream = b"".join(frame(p, "len32") for p in payloads)
+    for peer in ("127.0.0.1:9", None, 'odd"peer\\'):
+        fast = Engine("in", 3, peer, "len32", 1 << 20, b"", Sequencer(0, "t")).feed(stream, matcher, "T")
+        ref = ReferenceEngine("in", 3, peer, "len32", 1 << 20, b"", Sequencer(0, "t")).feed(stream, policy, "T")
+        assert fast.lines == ref.lines
+        assert [r.action for r in fast.records] != ["reject"] * len(payloads)
+        assert any(r.atn and '"' in r.atn for r in fast.records)
