@@ -188,40 +188,48 @@ cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogi
 
 cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
                          Py_ssize_t* el_a, Py_ssize_t* el_b) noexcept nogil:
-    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b]."""
-    cdef Py_ssize_t pa = a, i = a, s, e, k, slash
+    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b].
+
+    The reference splits the line into period-separated parts, strips each of spaces
+    and reads ``XXX/value`` from a part's start.  Stepping from slash to slash finds
+    the same: an element's slash has its three letters right after the part's start
+    (a period or the line's start, then only spaces), and is then the part's first.
+    """
+    cdef const unsigned char* q
+    cdef Py_ssize_t i = a, slash, s, k, e
     cdef int which
-    while True:
-        if i == b or p[i] == 46:  # '.' ends a part
-            s, e = pa, i
-            while s < e and p[s] == 32:
-                s += 1
-            while e > s and p[e - 1] == 32:
-                e -= 1
-            slash = -1
-            k = s
-            while k < e and k < s + 5:
-                if p[k] == 47:  # '/'
-                    slash = k
-                    break
-                k += 1
-            if slash - s == 3:
-                which = -1
-                if p[s] == 80 and p[s + 1] == 85 and p[s + 2] == 82:
-                    which = 0  # PUR
-                elif p[s] == 82 and p[s + 1] == 83 and p[s + 2] == 78:
-                    which = 1  # RSN
-                elif p[s] == 65 and p[s + 1] == 84 and p[s + 2] == 78:
-                    which = 2  # ATN
-                elif p[s] == 73 and p[s + 1] == 77 and p[s + 2] == 81:
-                    which = 3  # IMQ
-                if which >= 0 and el_a[which] < 0:
-                    el_a[which] = slash + 1
-                    el_b[which] = e
-            if i == b:
-                return
-            pa = i + 1
-        i += 1
+    while i < b:
+        q = <const unsigned char*> memchr(p + i, 47, b - i)  # '/'
+        if q == NULL:
+            return
+        slash = q - p
+        i = slash + 1
+        s = slash - 3
+        if s < a:
+            continue
+        if p[s] == 80 and p[s + 1] == 85 and p[s + 2] == 82:
+            which = 0  # PUR
+        elif p[s] == 82 and p[s + 1] == 83 and p[s + 2] == 78:
+            which = 1  # RSN
+        elif p[s] == 65 and p[s + 1] == 84 and p[s + 2] == 78:
+            which = 2  # ATN
+        elif p[s] == 73 and p[s + 1] == 77 and p[s + 2] == 81:
+            which = 3  # IMQ
+        else:
+            continue
+        if el_a[which] >= 0:
+            continue
+        k = s - 1
+        while k >= a and p[k] == 32:
+            k -= 1
+        if k >= a and p[k] != 46:  # not at a part's start
+            continue
+        q = <const unsigned char*> memchr(p + i, 46, b - i)  # the part ends at a '.'
+        e = (q - p) if q != NULL else b
+        while e > i and p[e - 1] == 32:
+            e -= 1
+        el_a[which] = i
+        el_b[which] = e
 
 
 # ------------------------------------------------------------ decoded fields
