@@ -139,3 +139,16 @@ def test_engine(benchmark, path):
         def run():
             return ReferenceEngine("in", 1, None, "len32", 1 << 20, b"", Sequencer()).feed(STREAM, POLICY, TS).count
     assert benchmark(run) == N
+
+
+@pytest.mark.parametrize("fmt", ["text", "xml", "json"])
+def test_engine_by_format(benchmark, fmt):
+    """The compiled decision path (Engine.decide) on 1,000 messages of one format."""
+    benchmark.group = "engine (framing+decoding+decision) by format, 1000 messages"
+    stream = b"".join(frame(p, "len32") for p in payloads(fmt))
+    matcher = Matcher(POLICY)
+
+    def run():
+        return Engine("in", 1, None, "len32", 1 << 20, b"", Sequencer()).decide(stream, matcher)
+
+    assert benchmark(run) == N
