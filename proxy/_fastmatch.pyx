@@ -64,8 +64,33 @@ cdef extern from *:
         }
         return n;
     }
+    /* The end of a run of XML name characters (A-Z a-z 0-9 _ . - and ':') from i. */
+    static inline Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) {
+    #if defined(__SSE2__)
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*) (p + i));
+            __m128i up = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('A' - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8('Z' + 1)));
+            __m128i lo = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('a' - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8('z' + 1)));
+            __m128i dg = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+            __m128i ex = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('_')), _mm_cmpeq_epi8(v, _mm_set1_epi8('.'))),
+                                      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('-')), _mm_cmpeq_epi8(v, _mm_set1_epi8(':'))));
+            int ok = _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(up, lo), _mm_or_si128(dg, ex)));
+            if (ok != 0xFFFF)
+                return i + __builtin_ctz(~ok & 0xFFFF);
+            i += 16;
+        }
+    #endif
+        for (; i < n; i++) {
+            unsigned char c = p[i];
+            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+                  || c == '_' || c == '.' || c == '-' || c == ':'))
+                break;
+        }
+        return i;
+    }
     """
     int sg_ctz64(unsigned long long x)
+    Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
     Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                unsigned char a, unsigned char b) noexcept nogil
     const uint64_t KEY_MASK "SG_KEY_MASK"  # a packed party (see KEY_BITS)
@@ -122,10 +147,15 @@ def xml_body_names(fields):
 # the reference's: tests/test_fastdecode.py holds it to that on generated, mutated and
 # random payloads.
 
+cdef inline Py_ssize_t _next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                  unsigned char c) noexcept nogil:
+    """The index of the next c from i, or n."""
+    cdef const unsigned char* q = <const unsigned char*> memchr(p + i, c, n - i) if i < n else NULL
+    return (q - p) if q != NULL else n
+
 cdef inline Py_ssize_t _next_lt(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """The index of the next '<' from i, or n."""
-    cdef const unsigned char* q = <const unsigned char*> memchr(p + i, 60, n - i) if i < n else NULL
-    return (q - p) if q != NULL else n
+    return _next_byte(p, i, n, 60)
 
 cdef inline bint _ws(unsigned char c) noexcept nogil:
     """Whitespace the fast paths can meet (they decline CR and other controls)."""
@@ -1278,21 +1308,19 @@ cdef inline bint _name_char(unsigned char c) noexcept nogil:
 cdef inline Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* colon) noexcept nogil:
     """The end of the name at p[i] (at most one colon, both parts proper names), or -1.
     colon: the colon's index, or -1."""
+    cdef Py_ssize_t e, c
+    cdef const unsigned char* q
     colon[0] = -1
     if i >= n or not _name_start(p[i]):
         return -1
-    i += 1
-    while i < n:
-        if _name_char(p[i]):
-            i += 1
-            continue
-        if p[i] != 58:  # ':'
-            break
-        if colon[0] >= 0 or i + 1 >= n or not _name_start(p[i + 1]):
+    e = sg_name_end(p, i + 1, n)  # name characters and colons; then the colon rules
+    q = <const unsigned char*> memchr(p + i, 58, e - i)
+    if q != NULL:
+        c = q - p
+        if c + 1 >= e or not _name_start(p[c + 1]) or memchr(p + c + 1, 58, e - c - 1) != NULL:
             return -1
-        colon[0] = i
-        i += 2
-    return i
+        colon[0] = c
+    return e
 
 cdef inline bint _same(const unsigned char* p, Py_ssize_t a, Py_ssize_t alen,
                        Py_ssize_t b, Py_ssize_t blen) noexcept nogil:
@@ -1433,11 +1461,8 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             q = p[k]
             k += 1
             text_a = k
-            while k < n and p[k] != q:
-                if p[k] == 60:
-                    return False
-                k += 1
-            if k >= n:
+            k = _next_byte(p, k, n, q)
+            if k >= n or memchr(p + text_a, 60, k - text_a) != NULL:  # no '<' in a value
                 return False
             text_b = k
             if acolon >= 0:
