@@ -1910,9 +1910,9 @@ cdef class Engine:
     cdef object _run(self, bytes data, Matcher m, str ts, bint emit):
         cdef bytes src = self.framer.take(data)
         cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(src)
-        cdef Py_ssize_t n = len(src), pos = 0, a, b, ra, rb, ls, i
+        cdef Py_ssize_t n = len(src), pos = 0, a, b, ra, rb, ls
         cdef long long seq, dec, first
-        cdef int kind, fmt, act, rule, shadow, agency, nrules = m.n_rules
+        cdef int kind, fmt, act, nrules = m.n_rules
         cdef bint fwd, answer
         cdef int ok
         cdef Fields f

@@ -453,9 +453,9 @@ class DecisionLog:
             if self._pending + count > self.seal_every:
                 state = self._state()
                 data = self._seal_bytes() + lines
-            # Big chunks are hashed in the background; a small one (light traffic)
-            # here, where waking a thread would cost more than the hash, and
-            # so once closed (no thread).
+            # A big chunk is hashed in the background; a small one (light traffic)
+            # here, where waking the thread would cost more than the hash; and every
+            # chunk here once the log is closed (no thread).
             fed = self._feeder is not None and len(lines) >= BACKGROUND_HASH_BYTES
             if fed:
                 self._feeder.feed(self, lines)

@@ -175,8 +175,8 @@ def _entry_matches(entry: str, value: str, groups: tuple[str, ...], policy: Poli
 
 
 def _code_matches(codes: tuple[str, ...], value: str | None) -> bool:
-    """``none`` in a rule stands for a missing code; a message whose code is spelled
-    ``none`` has a code, and only a rule listing no ``none`` could name it."""
+    """``none`` in a rule stands for a missing code, never for a code spelled
+    ``none`` (a message carrying ``PUR/none`` has a code)."""
     if value is None:
         return "none" in codes
     return value != "none" and value in codes
