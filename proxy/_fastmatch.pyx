@@ -755,7 +755,7 @@ cdef class Matcher:
     cdef int party_count
     # log-line pieces, JSON-encoded once: rule ids and more
     cdef readonly list rule_json
-    cdef readonly bytes rev_json, mode_json
+    cdef bytes line_mode, line_rev  # the log line's ,"mode":…,"forwarded": and ,"rev":…,"bytes":
     # results of the last decide call
     cdef Py_ssize_t last_rule, last_shadow
     cdef int last_party              # entry of the agency, -1: none
@@ -788,8 +788,8 @@ cdef class Matcher:
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
-        self.rev_json = _json.encode(policy.rev)
-        self.mode_json = _json.encode(policy.mode)
+        self.line_mode = b',"mode":' + _json.encode(policy.mode) + b',"forwarded":'
+        self.line_rev = b',"rev":' + _json.encode(policy.rev) + b',"bytes":'
         self.n_rules = len(self.rules)
         self.n_words = nw = max(1, (self.n_rules + 63) // 64)
         self.group_entries = [(g.name, g.ori) for g in policy.groups]
@@ -1928,8 +1928,6 @@ cdef class Engine:
         answer = m.deny_reply and not m.monitor and self.dir_code == DIR_IN
         denials = None
         head = b'{"ts":%s,"id":"%s-' % (_json.encode(ts), (<str> seqr.run_id).encode()) if emit else None
-        tail_mode = b',"mode":' + m.mode_json + b',"forwarded":'
-        tail_rev = b',"rev":' + m.rev_json + b',"bytes":'
         self.lines.len = 0
         self.forward.len = 0
         try:
@@ -1942,7 +1940,7 @@ cdef class Engine:
                 if kind == FR_OVERSIZE:
                     rejects[REJ_OVERSIZE] += 1
                     if emit:
-                        self._reject_line(head, dec, seq, -1, b"oversize", tail_mode, tail_rev, a)
+                        self._reject_line(head, dec, seq, -1, b"oversize", m, a)
                     continue
                 fmt = _fmt_of(p, a, b)
                 ok = DECLINED
@@ -1956,27 +1954,29 @@ cdef class Engine:
                 if ok == REJECTED:
                     rejects[REJ_MALFORMED] += 1
                     if emit:
-                        self._reject_line(head, dec, seq, fmt, b"malformed", tail_mode, tail_rev, b - a)
+                        self._reject_line(head, dec, seq, fmt, b"malformed", m, b - a)
                     continue
                 if ok == READ:
                     act = m._decide_fields(p + a, &f, self.dir_code)
                     fwd = act == ACT_ALLOW or m.monitor
                     if emit:
-                        self._line(head, dec, seq, p + a, &f, m, act, fwd, tail_mode, tail_rev, b - a)
+                        self._line(head, dec, seq, p + a, &f, m, act, fwd, b - a)
                 else:
                     payload = PyBytes_FromStringAndSize(<const char*> p + a, b - a)
-                    t = self._slow_fields(payload, fmt, m)
-                    if t is None:
+                    msg = self._slow_decode(payload, fmt, m)
+                    if msg is None:
                         rejects[REJ_MALFORMED] += 1
                         if emit:
-                            self._reject_line(head, dec, seq, fmt, b"malformed", tail_mode, tail_rev, b - a)
+                            self._reject_line(head, dec, seq, fmt, b"malformed", m, b - a)
                         continue
-                    act = m.decide_c(t[1], t[2], t[3], t[5], t[6], t[7] is not None, t[8], self.dir_code)
+                    act = m.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn, msg.atn is not None,
+                                     msg.imq, self.dir_code)
                     fwd = act == ACT_ALLOW or m.monitor
                     if emit:
                         _put_bytes(out, _json.encode(LogRecord(
                             ts, f"{seqr.run_id}-{dec:x}", seq, self.conn, self.peer,
-                            self.direction, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
+                            self.direction, msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur,
+                            msg.rsn, msg.atn, msg.imq,
                             m.last_agency, m.last_groups, "deny" if act == ACT_DENY else "allow",
                             m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default",
                             m.rule_ids[m.last_shadow] if m.last_shadow >= 0 else None,
@@ -2005,16 +2005,16 @@ cdef class Engine:
                      [(_record_decoder.decode(lines[d[0]:d[1] - 1]), src[d[2]:d[3]])
                       for d in denials] if denials else [])
 
-    cdef object _slow_fields(self, bytes payload, int fmt, Matcher m):
-        """The reference decoder's fields for what no fast path read; None if it
+    cdef object _slow_decode(self, bytes payload, int fmt, Matcher m):
+        """The reference decoder's Message for what no fast path read; None if it
         rejects the payload (fail closed)."""
         try:
             if fmt == FMT_TEXT:
-                return _message_tuple(decode_text(payload))
+                return decode_text(payload)
             if fmt == FMT_XML:
-                return _message_tuple(decode_xml(payload, m.xml_fields))
+                return decode_xml(payload, m.xml_fields)
             if fmt == FMT_JSON:
-                return _message_tuple(decode_json(payload))
+                return decode_json(payload)
         except Exception:
             return None
         return None
@@ -2045,20 +2045,20 @@ cdef class Engine:
         _put_bytes(out, self.line_mid)
         return 0
 
-    cdef int _line_tail(self, bytes tail_mode, bint fwd, bytes tail_rev, Py_ssize_t size) except -1:
+    cdef int _line_tail(self, Matcher m, bint fwd, Py_ssize_t size) except -1:
         cdef Buf* out = &self.lines
-        _put_bytes(out, tail_mode)
+        _put_bytes(out, m.line_mode)
         if fwd:
             _put_bytes(out, b"true")
         else:
             _put_bytes(out, b"false")
-        _put_bytes(out, tail_rev)
+        _put_bytes(out, m.line_rev)
         _put_dec(out, size)
         _put_bytes(out, b"}\n")
         return 0
 
     cdef int _reject_line(self, bytes head, long long dec, long long seq, int fmt, bytes rule,
-                          bytes tail_mode, bytes tail_rev, Py_ssize_t size) except -1:
+                          Matcher m, Py_ssize_t size) except -1:
         cdef Buf* out = &self.lines
         self._line_head(head, dec, seq)
         if fmt < 0:
@@ -2069,11 +2069,10 @@ cdef class Engine:
         _put_bytes(out, b'"')
         _put_bytes(out, rule)
         _put_bytes(out, b'","shadow":null')
-        return self._line_tail(tail_mode, False, tail_rev, size)
+        return self._line_tail(m, False, size)
 
     cdef int _line(self, bytes head, long long dec, long long seq, const unsigned char* p,
-                   Fields* f, Matcher m, int act, bint fwd, bytes tail_mode, bytes tail_rev,
-                   Py_ssize_t size) except -1:
+                   Fields* f, Matcher m, int act, bint fwd, Py_ssize_t size) except -1:
         cdef Buf* out = &self.lines
         cdef int i
         self._line_head(head, dec, seq)
@@ -2112,12 +2111,7 @@ cdef class Engine:
             _put_bytes(out, <bytes> m.rule_json[m.last_shadow])
         else:
             _put_bytes(out, b"null")
-        return self._line_tail(tail_mode, fwd, tail_rev, size)
-
-
-cdef tuple _message_tuple(msg):
-    """A reference decoder's Message as the fast paths' tuple."""
-    return (msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur, msg.rsn, msg.atn, msg.imq)
+        return self._line_tail(m, fwd, size)
 
 
 # ------------------------------------------------------------- log scanning
