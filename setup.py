@@ -1,6 +1,7 @@
-"""Builds the compiled hot path, proxy/_fastmatch.pyx, with Cython.
+"""Builds the compiled hot path, proxy/_fastmatch.pyx, and the decision log's C
+helpers, proxy/_logfast.pyx, with Cython.
 
-Everything else about the distribution lives in pyproject.toml.  The extension is
+Everything else about the distribution lives in pyproject.toml.  The extensions are
 not optional: stategate refuses to run without it rather than fall back to a slow
 path silently.
 """
@@ -13,7 +14,8 @@ extensions = [
         "proxy._fastmatch",
         ["proxy/_fastmatch.pyx"],
         extra_compile_args=["-O3"],
-    )
+    ),
+    Extension("proxy._logfast", ["proxy/_logfast.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

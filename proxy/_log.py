@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from ._fastmatch import line_ends
+from ._logfast import SealHash, SealHashUnavailable, reserve
 from ._logfiles import SEAL_PREFIX, ZERO_HASH, max_rotation_number, rotated_files
 from ._types import LogRecord
 
@@ -130,61 +131,7 @@ def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
                 return None, 0
 
 
-class _Worker:
-    """A daemon thread doing queued work in order, for the log's caller to wait on
-    with :meth:`drain`.  Subclasses keep the queue (under ``_cond``) and say how to
-    take and do its work."""
-
-    name = "stategate-worker"
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._busy = False
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def _queued(self) -> bool:
-        raise NotImplementedError
-
-    def _gather(self) -> None:
-        """Under the lock, with work queued: wait for more to join it, if worth it."""
-
-    def _take(self) -> Any:
-        """Under the lock: all the queued work, leaving the queue empty."""
-        raise NotImplementedError
-
-    def _do(self, work: Any) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-                while not self._queued() and not self._stopped:
-                    self._cond.wait()
-                self._gather()
-                if not self._queued():
-                    return  # stopped, nothing left
-                work = self._take()
-                self._busy = True
-            self._do(work)
-
-    def drain(self) -> None:
-        """Wait until everything queued is done."""
-        with self._cond:
-            while self._queued() or self._busy:
-                self._cond.wait()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        self._thread.join()
-
-
-class _Syncer(_Worker):
+class _Syncer:
     """fsync off the caller's thread.
 
     A seal asks for its file to be synced and returns at once: the proxy's event loop
@@ -193,8 +140,6 @@ class _Syncer(_Worker):
     synced.  Requests for the same open file coalesce into one fsync, and fsyncs start
     at most every MIN_INTERVAL seconds.
     """
-
-    name = "stategate-fsync"
 
     #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
     #: under load; syncing each at once keeps pages under writeback, and appends to
@@ -205,7 +150,11 @@ class _Syncer(_Worker):
         self._on_error = on_error
         self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
         self._last = -self.MIN_INTERVAL
-        super().__init__()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="stategate-fsync", daemon=True)
+        self._thread.start()
 
     def request(self, generation: int, fd: int) -> None:
         with self._cond:
@@ -213,68 +162,87 @@ class _Syncer(_Worker):
                 self._pending[generation] = os.dup(fd)
                 self._cond.notify()
 
-    def _queued(self) -> bool:
-        return bool(self._pending)
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                # let requests gather for what is left of the interval (a stop ends it)
+                deadline = self._last + self.MIN_INTERVAL
+                while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
+                    self._cond.wait(remaining)
+                if not self._pending:
+                    return  # stopped, nothing left
+                batch, self._pending = self._pending, {}
+                self._busy = True
+            self._last = time.monotonic()
+            for fd in batch.values():
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    self._on_error(exc)
+                finally:
+                    os.close(fd)
 
-    def _gather(self) -> None:
-        # let requests gather for what is left of the interval (a stop ends it)
-        deadline = self._last + self.MIN_INTERVAL
-        while not self._stopped and (remaining := deadline - time.monotonic()) > 0:
-            self._cond.wait(remaining)
-
-    def _take(self) -> dict[int, int]:
-        batch, self._pending = self._pending, {}
-        return batch
-
-    def _do(self, batch: dict[int, int]) -> None:
-        self._last = time.monotonic()
-        for fd in batch.values():
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                self._on_error(exc)
-            finally:
-                os.close(fd)
-
-
-#: A chunk's lines at least this long are hashed on the background thread.
-BACKGROUND_HASH_BYTES = 32 * 1024
-
-
-class _HashFeeder(_Worker):
-    """Feeds written lines into their seal's hash on a background thread.
-
-    Hashing a line costs about as much as deciding and writing it.  A batch is
-    handed here just before its write, so the thread takes the GIL while the write
-    system call has let it go, and hashlib lets it go again over the batch: the hash
-    is computed while the proxy decides the next batch.  The thread keeps the hash
-    as it was before the batch (``undo``), for a write that fails.  Whoever reads
-    or replaces the hash (a seal, a state to restore) calls :meth:`drain` first.
-    """
-
-    name = "stategate-hash"
-
-    def __init__(self) -> None:
-        self._jobs: list[tuple[DecisionLog, bytes]] = []
-        super().__init__()
-
-    def feed(self, log: DecisionLog, data: bytes) -> None:
-        """Add data to log's current hash, keeping the hash before it as log._undo."""
+    def drain(self) -> None:
+        """Wait until every fsync requested is done."""
         with self._cond:
-            self._jobs.append((log, data))
+            while self._pending or self._busy:
+                self._cond.wait()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
             self._cond.notify_all()
+        self._thread.join()
 
-    def _queued(self) -> bool:
-        return bool(self._jobs)
 
-    def _take(self) -> list[tuple[DecisionLog, bytes]]:
-        jobs, self._jobs = self._jobs, []
-        return jobs
+class _InlineSealHash:
+    """:class:`~proxy._logfast.SealHash`'s interface over :mod:`hashlib`, all in the
+    caller's thread: for a Python whose OpenSSL functions cannot be found."""
 
-    def _do(self, jobs: list[tuple[DecisionLog, bytes]]) -> None:
-        for log, data in jobs:
-            log._undo = log._hasher.copy()
-            log._hasher.update(data)
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+        self._hash: Any = None
+        self._saved: Any = None
+
+    def start(self, prev: bytes) -> None:
+        self._hash = new_hasher(prev.decode("ascii"), self._key)
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    feed = update
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def save(self) -> None:
+        self._saved = self._hash.copy()
+
+    def restore(self) -> None:
+        self._hash = self._saved
+
+    def close(self) -> None:
+        pass
+
+
+def seal_hash(key: bytes | None) -> SealHash | _InlineSealHash:
+    """The running hash of a log's seal blocks: on a thread of its own where it can."""
+    try:
+        return SealHash(key)
+    except SealHashUnavailable:
+        return _InlineSealHash(key)
+
+
+#: Disk space kept reserved ahead of the log file's end.
+RESERVE_AHEAD = 32 * 1024 * 1024
+
+#: A chunk's lines at least this long are hashed on the background thread; shorter
+#: ones (light traffic) in line, where waking the thread would cost more than the hash.
+BACKGROUND_HASH_BYTES = 4096
 
 
 class DecisionLog:
@@ -309,10 +277,11 @@ class DecisionLog:
         self.seals = 0
         self.rotations = 0
         self._fd = -1
+        self._reserved = False  # space is reserved past the file's end
         self._generation = 0  # counts opens, so a sync request names its file
         self._syncer = _Syncer(self._sync_failed) if fsync else None
-        self._feeder = _HashFeeder() if sealed else None
-        self._undo: Any = None  # the hash before the last batch fed (see _HashFeeder)
+        # an unsealed log (the benchmark's baseline) starts no hash thread
+        self._hash = seal_hash(key) if sealed else _InlineSealHash(key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
         self._resume()
@@ -323,6 +292,28 @@ class DecisionLog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._generation += 1
         self._size = os.fstat(self._fd).st_size
+        self._reserve_at = self._size  # reserve more space once the file is this long
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Keep disk space reserved ahead of the file's end, so that appends never
+        wait for an fsync's block allocation (see :mod:`proxy._logfast`)."""
+        if self._size >= self._reserve_at:
+            # tried again only after half a reservation's growth, whether it worked or not
+            self._reserve_at = self._size + RESERVE_AHEAD // 2
+            if reserve(self._fd, self._size, RESERVE_AHEAD):
+                self._reserved = True
+
+    def _close_file(self) -> None:
+        """Close the file, first giving back the reserved space past its end."""
+        if self._reserved:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass  # only space is lost, until the next start closes the file
+            self._reserved = False
+        os.close(self._fd)
+        self._fd = -1
 
     def _resume(self) -> None:
         """Find the chain's end: the last seal, and any lines written after it by a
@@ -335,7 +326,7 @@ class DecisionLog:
         files = [p for p in rotated_files(self.path) + [self.path] if p.is_file()]
         if not files:
             self.last_seq = 0
-            self._hasher = new_hasher(self.prev, self.key)
+            self._hash.start(self.prev.encode("ascii"))
             self._pending = 0
             self._last_seal_time = self.clock()
             return
@@ -349,7 +340,7 @@ class DecisionLog:
             self.seal_n, self.prev = seal.seal, seal.h
         # Unsealed lines: everything after the last seal, in that file and later ones.
         later = files[files.index(where) :] if where is not None else files
-        self._hasher = new_hasher(self.prev, self.key)
+        self._hash.start(self.prev.encode("ascii"))
         self._pending = 0
         for i, p in enumerate(later):
             with open(p, "rb") as f:
@@ -367,7 +358,7 @@ class DecisionLog:
             if data:
                 lines = [ln for ln in data.split(b"\n")[:-1] if not ln.startswith(SEAL_PREFIX)]
                 for ln in lines:
-                    self._hasher.update(ln + b"\n")
+                    self._hash.update(ln + b"\n")
                 self._pending += len(lines)
         self.last_seq = last_seq(self.path) or (last_seq(files[-2]) if len(files) > 1 else 0)
         self._last_seal_time = self.clock()
@@ -378,35 +369,22 @@ class DecisionLog:
     # ------------------------------------------------------------------ write
 
     def _seal_bytes(self) -> bytes:
-        self._drain()
-        h = self._hasher.hexdigest()
+        h = self._hash.hexdigest()
         line = seal_line(self.seal_n + 1, self._pending, self.prev, h)
         self.seal_n += 1
         self.prev = h
         self._pending = 0
-        self._hasher = new_hasher(h, self.key)
+        self._hash.start(h.encode("ascii"))
         return line
 
-    def _drain(self) -> None:
-        if self._feeder is not None:
-            self._feeder.drain()
+    def _state(self) -> tuple[int, str, int]:
+        """The seal state, to put back if a write with seals in it fails."""
+        self._hash.save()
+        return (self.seal_n, self.prev, self._pending)
 
-    def _state(self) -> tuple:
-        self._drain()
-        return (self.seal_n, self.prev, self._pending, self._hasher.copy())
-
-    def _restore(self, state: tuple | None, fed: bool) -> None:
-        """After a failed write: the seal state as it was before (``state``), or the
-        hash without the batch just fed."""
-        self._drain()
-        if state is not None:
-            self.seal_n, self.prev, self._pending, self._hasher = state
-        elif fed:
-            self._hasher = self._undo
-
-    def _write_all(self, data: bytes, state: tuple | None, fed: bool = False) -> None:
-        """Write all of data or, on failure, none of it (and restore the seal state:
-        ``state``, else undo the batch ``fed`` to the hash)."""
+    def _write_all(self, data: bytes, state: tuple[int, str, int] | None) -> None:
+        """Write all of data or, on failure, none of it (and put back the seal
+        ``state`` of before it, if given)."""
         view = memoryview(data)
         written = 0
         try:
@@ -419,11 +397,14 @@ class DecisionLog:
                     os.ftruncate(self._fd, self._size)
                 except OSError:
                     pass
-            self._restore(state, fed)
+            if state is not None:
+                self.seal_n, self.prev, self._pending = state
+                self._hash.restore()
             self.broken = True
             raise LogUnavailable(exc.errno, f"cannot write {self.path}: {exc.strerror}") from exc
         self._size += written
         self.broken = False
+        self._reserve()
 
     def write(self, records: list[LogRecord]) -> None:
         """Log a batch of records, sealing where due; all or nothing."""
@@ -436,8 +417,8 @@ class DecisionLog:
 
         A seal goes before a batch that would take the lines since the last seal past
         ``seal_every``, so a batch is written whole and its hash computed in the
-        background (see _HashFeeder); only a batch longer than ``seal_every`` is split,
-        with its seals computed here.
+        background (see :mod:`proxy._logfast`) while the caller goes on; only a batch
+        longer than ``seal_every`` is split, with its seals computed here.
         """
         if not count:
             return
@@ -453,16 +434,12 @@ class DecisionLog:
             if self._pending + count > self.seal_every:
                 state = self._state()
                 data = self._seal_bytes() + lines
-            # A big chunk is hashed in the background; a small one (light traffic)
-            # here, where waking the thread would cost more than the hash; and every
-            # chunk here once the log is closed (no thread).
-            fed = self._feeder is not None and len(lines) >= BACKGROUND_HASH_BYTES
-            if fed:
-                self._feeder.feed(self, lines)
-            self._write_all(data, state, fed=fed)
-            if not fed:
-                self._drain()  # the hash takes the lines in order
-                self._hasher.update(lines)
+            self._write_all(data, state)
+            # hashed once written, so a failed write leaves the hash as it was
+            if len(lines) >= BACKGROUND_HASH_BYTES:
+                self._hash.feed(lines)
+            else:
+                self._hash.update(lines)
             self._pending += count
             if state is not None:
                 self.seals += 1
@@ -490,7 +467,7 @@ class DecisionLog:
             pos = end
             done += room
             parts.append(part)
-            self._hasher.update(part)
+            self._hash.update(part)
             self._pending += room
             if self._pending >= self.seal_every:
                 parts.append(self._seal_bytes())
@@ -540,8 +517,7 @@ class DecisionLog:
         if not self.seal():
             return
         target = self.path.with_name(f"{self.path.name}.{max_rotation_number(self.path) + 1}")
-        os.close(self._fd)
-        self._fd = -1
+        self._close_file()
         try:
             os.rename(self.path, target)
         finally:
@@ -553,8 +529,7 @@ class DecisionLog:
         failed write: seal what went to the old file, then write to ``path`` afresh."""
         self.seal()
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            self._close_file()
         self._open()
 
     def close(self) -> None:
@@ -563,14 +538,11 @@ class DecisionLog:
             self.seal()
             if self._syncer is not None:
                 self._syncer.drain()
-            os.close(self._fd)
-            self._fd = -1
+            self._close_file()
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
-        if self._feeder is not None:
-            self._feeder.stop()
-            self._feeder = None
+        self._hash.close()
 
     def __enter__(self) -> DecisionLog:
         return self

@@ -302,3 +302,103 @@ def test_a_failed_fsync_is_counted_and_reported(tmp_path):
     log.write([rec(1), rec(2)])
     log.close()
     assert log.errors >= 1 and any(w.startswith(f"fsync {link}") for w in warnings)
+
+
+# ------------------------------------------------------------ the seal hash
+
+
+@pytest.mark.parametrize("key", [None, b"k", b"synthetic-key-".ljust(64, b"x"), b"long-synthetic-key" * 8])
+def test_the_threaded_seal_hash_gives_hashlibs_answers(key):
+    """SealHash (OpenSSL on a C thread, HMAC built from SHA-256 by hand) against
+    hashlib and hmac on random chunks, fed and updated in turn, saved and restored."""
+    import random
+
+    from proxy._logfast import SealHash
+
+    rng = random.Random(4)
+    h = SealHash(key)
+    prev = b"0" * 64
+    h.start(prev)
+    ref = hmac.new(key, prev, hashlib.sha256) if key else hashlib.sha256(prev)
+    saved = None
+    for i in range(600):
+        data = rng.randbytes(rng.choice([0, 1, 63, 64, 65, 4096, 70_000]))
+        (h.feed if rng.random() < 0.7 else h.update)(data)
+        ref.update(data)
+        if i % 50 == 7:
+            h.save()
+            saved = ref.copy()
+        if i % 50 == 30:
+            h.restore()
+            ref = saved
+        if i % 100 == 99:
+            assert h.hexdigest() == ref.hexdigest()
+            new_prev = ref.hexdigest().encode()
+            h.start(new_prev)
+            ref = hmac.new(key, new_prev, hashlib.sha256) if key else hashlib.sha256(new_prev)
+    assert h.hexdigest() == ref.hexdigest()
+    h.close()
+    h.feed(b"after close, hashed in line")  # no thread left; the hash goes on
+    ref.update(b"after close, hashed in line")
+    assert h.hexdigest() == ref.hexdigest()
+
+
+@pytest.fixture(params=["thread", "inline"])
+def hash_kind(request, monkeypatch):
+    """Run a test with the seal hash on its C thread and with the hashlib fallback."""
+    import proxy._log as logmod
+
+    if request.param == "inline":
+        monkeypatch.setattr(logmod, "seal_hash", logmod._InlineSealHash)
+    return request.param
+
+
+@pytest.mark.parametrize("key", [None, b"synthetic-test-key\n"])
+def test_chunks_big_and_small_and_failed_writes_seal_as_the_spec_says(tmp_path, hash_kind, key):
+    """Chunks above BACKGROUND_HASH_BYTES go to the hash thread, smaller ones are
+    hashed in line; a failed write, with or without a seal in it, leaves the chain as
+    it was."""
+    import proxy._log as logmod
+
+    path = tmp_path / "d.jsonl"
+    per_line = len(msgspec.json.encode(rec(1))) + 1
+    big = logmod.BACKGROUND_HASH_BYTES // per_line + 1
+    log = DecisionLog(path, seal_every=3 * big, key=key, fsync=False, warn=lambda m: None)
+    assert isinstance(log._hash, logmod.SealHash if hash_kind == "thread" else logmod._InlineSealHash)
+    seq = 0
+    for n in [1, big, 2, big + 5, big, 3, big - 1, 7 * big, big, 1]:
+        real_fd = log._fd
+        log._fd = os.open("/dev/full", os.O_WRONLY)
+        with pytest.raises(LogUnavailable):
+            log.write([rec(seq + i + 1) for i in range(n)])
+        os.close(log._fd)
+        log._fd = real_fd
+        seq = write_many(log, seq, [n])
+    log.close()
+    seals, lines = independent_check([path], key)
+    assert lines == seq and seals >= seq // (3 * big)
+    assert verify([path], key).ok
+
+
+def test_disk_space_is_reserved_ahead_and_given_back(tmp_path):
+    """Blocks are reserved past the end while the log is open (so an fsync's block
+    allocation never holds up an append) and given back at rotation and close."""
+    import proxy._log as logmod
+    from proxy._logfast import reserve
+
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as f:
+        if not reserve(f.fileno(), 0, 1 << 20):
+            pytest.skip("this filesystem cannot reserve space (no fallocate)")
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=4, rotate_bytes=100_000, fsync=False)
+    write_many(log, 0, [3] * 100)
+    st = os.fstat(log._fd)
+    assert st.st_blocks * 512 >= st.st_size + logmod.RESERVE_AHEAD // 2  # reserved ahead
+    assert log.rotations >= 1
+    log.close()
+    for f in log_files(path):
+        st = f.stat()
+        assert st.st_blocks * 512 < st.st_size + 64 * 1024, f  # given back
+    seals, lines = independent_check(log_files(path))
+    assert lines == 300
