@@ -2,7 +2,7 @@
 helpers, proxy/_logfast.pyx, with Cython.
 
 Everything else about the distribution lives in pyproject.toml.  The extensions are
-not optional: stategate refuses to run without it rather than fall back to a slow
+not optional: stategate refuses to run without them rather than fall back to a slow
 path silently.
 """
 

@@ -395,6 +395,7 @@ class DecisionLog:
             if written:
                 try:
                     os.ftruncate(self._fd, self._size)
+                    self._reserve_at = self._size  # that gave the reserved space back too
                 except OSError:
                     pass
             if state is not None:

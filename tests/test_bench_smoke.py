@@ -44,7 +44,8 @@ def test_soak_smoke():
 
 
 @pytest.mark.parametrize("script, args", [("logtools.py", ["--lines", "20000", "--runs", "1"]),
-                                          ("sealcost.py", ["--messages", "5000", "--runs", "1"])])  # fmt: skip
+                                          ("sealcost.py", ["--messages", "5000", "--runs", "1"]),
+                                          ("fsyncstall.py", ["--writes", "50", "--runs", "1"])])  # fmt: skip
 def test_log_benchmarks_smoke(script, args):
     out = bench(str(BENCH / script), *args)
     assert "nproc" in out
