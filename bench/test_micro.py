@@ -23,6 +23,7 @@ from proxy._fastmatch import (Engine, Matcher, compiled_framer_events, fast_deco
 from proxy._framing import Len32Framer, frame
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
+from proxy._reply import ReplyWriter, _namespaces, _parse_namespaces
 from proxy._traffic import TrafficGenerator
 
 N = 1000
@@ -152,3 +153,38 @@ def test_engine_by_format(benchmark, fmt):
         return Engine("in", 1, None, "len32", 1 << 20, b"", Sequencer()).decide(stream, matcher)
 
     assert benchmark(run) == N
+
+
+def _denials(fmt: str) -> list:
+    """1,000 denials of one format, as the compiled engine hands them over."""
+    gen = TrafficGenerator(11, formats=((fmt, 1),), dhs_share=1.0, malformed_share=0.0)
+    out: list = []
+    while len(out) < N:
+        batch = Engine("in", 1, None, "len32", 1 << 20, b"", Sequencer()).feed(
+            frame(gen.query().payload, "len32"), MATCHER, TS)
+        out += batch.denials
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["text", "xml", "json"])
+def test_deny_replies(benchmark, fmt):
+    """ER replies to 1,000 denied queries of one format (framed, one send's bytes)."""
+    benchmark.group = "ER replies, 1000 denials"
+    denials = _denials(fmt)
+    writer = ReplyWriter(POLICY)
+    assert benchmark(writer.replies, denials).count(b"ER") >= N
+
+
+@pytest.mark.parametrize("path", ["kept", "parsed"])
+def test_xml_reply_namespaces(benchmark, path):
+    """The XML reply's namespace reading: kept by the request's start, or parsed each
+    time (expat stopped at the key element, what every reply did before)."""
+    benchmark.group = "ER reply namespaces, 1000 XML requests"
+    requests = [d.request for d in _denials("xml")]
+    if path == "kept":
+        def run():
+            return [_namespaces(r) for r in requests]
+    else:
+        def run():
+            return [_parse_namespaces(r, True)[0] for r in requests]
+    assert len(set(benchmark(run))) == 1

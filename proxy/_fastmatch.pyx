@@ -27,6 +27,7 @@ import msgspec
 
 from ._decode import Malformed, decode_json, decode_text, decode_xml
 from ._pipeline import Batch
+from ._reply import Denial
 from ._types import LogRecord, Message
 
 cdef extern from "Python.h":
@@ -1819,7 +1820,6 @@ def line_ends(bytes data, Py_ssize_t pos, Py_ssize_t k):
 # ----------------------------------------------------------------------- engine
 
 _json = msgspec.json.Encoder()
-_record_decoder = msgspec.json.Decoder(LogRecord)
 
 cdef bytes _ACTION_ALLOW = b',"action":"allow","rule":'
 cdef bytes _ACTION_DENY = b',"action":"deny","rule":'
@@ -1910,7 +1910,7 @@ cdef class Engine:
     cdef object _run(self, bytes data, Matcher m, str ts, bint emit):
         cdef bytes src = self.framer.take(data)
         cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(src)
-        cdef Py_ssize_t n = len(src), pos = 0, a, b, ra, rb, ls
+        cdef Py_ssize_t n = len(src), pos = 0, a, b, ra, rb
         cdef long long seq, dec, first
         cdef int kind, fmt, act, nrules = m.n_rules
         cdef bint fwd, answer
@@ -1950,7 +1950,6 @@ cdef class Engine:
                     ok = _xml_spans(p + a, b - a, &m.xml_c, &f)
                 elif fmt == FMT_JSON:
                     ok = _json_spans(p + a, b - a, &f)
-                ls = out.len
                 if ok == REJECTED:
                     rejects[REJ_MALFORMED] += 1
                     if emit:
@@ -1990,7 +1989,15 @@ cdef class Engine:
                 elif answer:
                     if denials is None:
                         denials = []
-                    denials.append((ls, out.len, a, b))
+                    rule = m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default"
+                    did = f"{seqr.run_id}-{dec:x}"
+                    if ok == READ:
+                        denials.append(Denial(
+                            _FMT_NAMES[f.fmt], _span_str(p + a, f.mke_a, f.mke_b),
+                            _span_str(p + a, f.ori_a, f.ori_b), _span_str(p + a, f.ctl_a, f.ctl_b),
+                            rule, did, PyBytes_FromStringAndSize(<const char*> p + a, b - a)))
+                    else:
+                        denials.append(Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, rule, did, payload))
             self.framer.keep(src, pos)
             self._count(m, counts)
         finally:
@@ -2002,8 +2009,7 @@ cdef class Engine:
         lines = _buf_bytes(&self.lines)
         return Batch(lines, seq - first, seq,
                      _buf_bytes(&self.forward) if self.forward.len else b"",
-                     [(_record_decoder.decode(lines[d[0]:d[1] - 1]), src[d[2]:d[3]])
-                      for d in denials] if denials else [])
+                     denials if denials else [])
 
     cdef object _slow_decode(self, bytes payload, int fmt, Matcher m):
         """The reference decoder's Message for what no fast path read; None if it

@@ -17,6 +17,7 @@ import msgspec
 from ._decode import decode, detect_format
 from ._framing import make_framer
 from ._policy import Policy, decide
+from ._reply import Denial
 from ._types import LogRecord
 
 
@@ -48,7 +49,7 @@ _record_decoder = msgspec.json.Decoder(LogRecord)
 
 class Batch:
     """What one chunk produced: its log lines, encoded (``count`` of them, the last
-    numbered ``last_seq``), the exact bytes to forward, and the (record, payload) of
+    numbered ``last_seq``), the exact bytes to forward, and the :class:`Denial` of
     each denied ``in`` message to answer.  ``records`` decodes the lines when asked."""
 
     __slots__ = ("lines", "count", "last_seq", "forward", "denials", "_records")
@@ -59,7 +60,7 @@ class Batch:
         count: int,
         last_seq: int,
         forward: bytes,
-        denials: list[tuple[LogRecord, bytes]],
+        denials: list[Denial],
         records: list[LogRecord] | None = None,
     ) -> None:
         self.lines = lines
@@ -77,7 +78,7 @@ class Batch:
 
     @classmethod
     def of_records(
-        cls, records: list[LogRecord], forward: bytes, denials: list[tuple[LogRecord, bytes]]
+        cls, records: list[LogRecord], forward: bytes, denials: list[Denial]
     ) -> Batch:
         last = records[-1].seq if records else 0
         lines = _lines_encoder.encode_lines(records) if records else b""
@@ -129,7 +130,7 @@ class ReferenceEngine:
     def feed(self, data: bytes, policy: Policy, ts: str) -> Batch:
         records: list[LogRecord] = []
         forward: list[bytes] = []
-        denials: list[tuple[LogRecord, bytes]] = []
+        denials: list[Denial] = []
         monitor = policy.mode == "monitor"
         for event in self.framer.feed(data):
             if event[0] == "oversize":
@@ -159,7 +160,7 @@ class ReferenceEngine:
             if forwarded:
                 forward.append(raw)
             elif self.direction == "in" and policy.deny_reply:
-                denials.append((rec, payload))
+                denials.append(Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, v.rule, rec.id, payload))
         return Batch.of_records(records, b"".join(forward), denials)
 
 

@@ -3,10 +3,16 @@
 It goes from the policy's ``local_ori`` to the requester, in the request's own format
 and framing, and carries the request's control field, the deciding rule's id and
 ``why``, and the decision id; none of the request's data elements are echoed.
+
+A :class:`Denial` is all a reply needs to know of the denied message; both engines
+hand them over with each batch.  A :class:`ReplyWriter` holds what is the same for
+every reply under one policy (the local ORI, each rule's ``why`` already escaped for
+each format), so a reply costs a few string joins.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
@@ -14,7 +20,6 @@ import msgspec
 
 from ._framing import frame
 from ._policy import Policy
-from ._types import LogRecord
 
 _DEFAULT_NS = "http://www.nlets.org"
 
@@ -30,17 +35,28 @@ class _JsonReply(msgspec.Struct):
 _json = msgspec.json.Encoder()
 
 
-def _why(policy: Policy, rule_id: str) -> str:
-    if rule_id == "default":
-        return f"no rule allows this request and the {policy.state} policy default is deny"
-    for rule in policy.rules:
-        if rule.id == rule_id:
-            return rule.why
-    return ""
+class Denial(NamedTuple):
+    """A denied ``in`` message, as much of it as its ER reply needs: the header fields
+    it echoes, the deciding rule, the decision id, and the request itself (read only
+    for its XML namespaces or its line ending, never echoed)."""
+
+    fmt: str
+    mke: str
+    ori: str
+    ctl: str | None
+    rule: str
+    id: str
+    request: bytes
 
 
 class _Stop(Exception):
     pass
+
+
+#: Namespace readings kept, by the request's bytes up to its key element.
+NAMESPACE_CACHE_SIZE = 1024
+_namespace_cache: dict[bytes, tuple[str, str]] = {}
+_KEY_ELEMENT = b"MessageKeyCodeText"
 
 
 def _namespaces(payload: bytes) -> tuple[str, str]:
@@ -50,7 +66,34 @@ def _namespaces(payload: bytes) -> tuple[str, str]:
     Expat with namespace processing, as ElementTree uses it, stopped at the first
     element whose name ends in MessageKeyCodeText: a reply costs a few elements'
     parse, not the document's.  No DTD is read (the request had none to be decided).
+
+    Requests from one switch start alike (declaration, root, header), so the reading
+    is kept by the bytes up to the end of the first tag that can hold that element's
+    name.  The parse of those bytes alone is the whole parse's first part and stops
+    at the same element, so a kept reading is the one the whole parse would give;
+    a prefix whose parse does not stop (the name was in a comment, say) is not kept,
+    and the whole request is parsed instead.
     """
+    at = payload.find(_KEY_ELEMENT)
+    end = payload.find(b">", at) if at >= 0 else -1
+    if end < 0:
+        return _parse_namespaces(payload, True)[0]
+    prefix = payload[: end + 1]
+    kept = _namespace_cache.get(prefix)
+    if kept is not None:
+        return kept
+    found, stopped = _parse_namespaces(prefix, False)
+    if not stopped:
+        return _parse_namespaces(payload, True)[0]
+    if len(_namespace_cache) >= NAMESPACE_CACHE_SIZE:
+        _namespace_cache.clear()
+    _namespace_cache[prefix] = found
+    return found
+
+
+def _parse_namespaces(payload: bytes, final: bool) -> tuple[tuple[str, str], bool]:
+    """The namespace reading of payload, and whether the parse was stopped (at the
+    key element or a DTD) rather than running out of bytes."""
     found: list[str] = []
 
     def start(name: str, attrs: object) -> None:
@@ -67,72 +110,72 @@ def _namespaces(payload: bytes) -> tuple[str, str]:
     parser = expat.ParserCreate(namespace_separator="}")
     parser.StartElementHandler = start
     parser.StartDoctypeDeclHandler = no_dtd
+    stopped = False
     try:
-        parser.Parse(payload, True)
+        parser.Parse(payload, final)
     except _Stop:
-        pass
+        stopped = True
     except (expat.ExpatError, ValueError, LookupError):
-        return _DEFAULT_NS, _DEFAULT_NS
+        return (_DEFAULT_NS, _DEFAULT_NS), False
     if not found:
-        return _DEFAULT_NS, _DEFAULT_NS
-    return found[0], found[-1]
+        return (_DEFAULT_NS, _DEFAULT_NS), stopped
+    return (found[0], found[-1]), stopped
 
 
-def deny_payload(record: LogRecord, request: bytes, policy: Policy) -> bytes:
-    """The unframed ER payload for a denied record."""
-    requester = record.ori or ""
-    why = _why(policy, record.rule)
-    if record.fmt == "json":
-        body = {
-            "error": "denied",
-            "state": policy.state,
-            "request_mke": record.mke or "",
-            "rule": record.rule,
-            "why": why,
-            "decision": record.id,
-        }
-        return _json.encode(_JsonReply("ER", policy.local_ori, [requester], record.ctl, body))
-    if record.fmt == "xml":
-        root_ns, header_ns = _namespaces(request)
-        ctl = (
-            f"<nh2:DocumentControlFieldText>{escape(record.ctl)}</nh2:DocumentControlFieldText>"
-            if record.ctl
-            else ""
-        )
-        text = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f'<n2:NLETS xmlns:n2="{escape(root_ns)}" xmlns:nh2="{escape(header_ns)}">'
-            "<n2:NLETSMessageHeader>"
-            "<nh2:MessageKeyCodeText>ER</nh2:MessageKeyCodeText>"
-            f"<nh2:OriginatingORIID>{policy.local_ori}</nh2:OriginatingORIID>"
-            f"<nh2:DestinationORIID>{escape(requester)}</nh2:DestinationORIID>"
-            f"{ctl}"
-            "</n2:NLETSMessageHeader>"
-            "<n2:NLETSResponseData>"
-            f"<n2:ErrorText>REQUEST DENIED BY {policy.state} POLICY</n2:ErrorText>"
-            f"<n2:RequestMessageKeyCodeText>{escape(record.mke or '')}</n2:RequestMessageKeyCodeText>"
-            f"<n2:RuleID>{escape(record.rule)}</n2:RuleID>"
-            f"<n2:WhyText>{escape(why)}</n2:WhyText>"
-            f"<n2:DecisionID>{escape(record.id)}</n2:DecisionID>"
-            "</n2:NLETSResponseData>"
-            "</n2:NLETS>"
-        )
-        return text.encode("utf-8")
-    eol = "\r\n" if b"\r\n" in request else "\n"
-    header = f"ER.{policy.local_ori}.{requester}"
-    if record.ctl:
-        header += f".*{record.ctl}"
-    lines = [
-        header + ".TXT",
-        f"REQUEST DENIED BY {policy.state} POLICY",
-        f"MKE/{record.mke}.RULE/{record.rule}.DECISION/{record.id}",
-        f"WHY/{why}",
-    ]
-    return eol.join(lines).encode("ascii", "replace")
+class ReplyWriter:
+    """The ER replies under one policy, framed for the wire."""
+
+    def __init__(self, policy: Policy, framing: str = "len32", terminator: bytes = b"\r\n\x7f") -> None:
+        self.policy = policy
+        self.framing = framing
+        self.terminator = terminator
+        why = {rule.id: rule.why for rule in policy.rules}
+        why["default"] = f"no rule allows this request and the {policy.state} policy default is deny"
+        self._why = why
+        self._why_xml = {rule: escape(text) for rule, text in why.items()}
+        self._denied = f"REQUEST DENIED BY {policy.state} POLICY"
+        self._text_head = f"ER.{policy.local_ori}."
+        self._xml_orig = f"<nh2:OriginatingORIID>{policy.local_ori}</nh2:OriginatingORIID>"
+        self._xml_denied = f"<n2:NLETSResponseData><n2:ErrorText>{escape(self._denied)}</n2:ErrorText>"
+
+    def payload(self, d: Denial) -> bytes:
+        """The unframed ER payload for a denial."""
+        why = self._why.get(d.rule, "")
+        if d.fmt == "json":
+            body = {"error": "denied", "state": self.policy.state, "request_mke": d.mke or "",
+                    "rule": d.rule, "why": why, "decision": d.id}  # fmt: skip
+            return _json.encode(_JsonReply("ER", self.policy.local_ori, [d.ori or ""], d.ctl, body))
+        if d.fmt == "xml":
+            root_ns, header_ns = _namespaces(d.request)
+            ctl = (f"<nh2:DocumentControlFieldText>{escape(d.ctl)}</nh2:DocumentControlFieldText>"
+                   if d.ctl else "")  # fmt: skip
+            return (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<n2:NLETS xmlns:n2="{escape(root_ns)}" xmlns:nh2="{escape(header_ns)}">'
+                "<n2:NLETSMessageHeader>"
+                "<nh2:MessageKeyCodeText>ER</nh2:MessageKeyCodeText>"
+                f"{self._xml_orig}"
+                f"<nh2:DestinationORIID>{escape(d.ori or '')}</nh2:DestinationORIID>"
+                f"{ctl}"
+                "</n2:NLETSMessageHeader>"
+                f"{self._xml_denied}"
+                f"<n2:RequestMessageKeyCodeText>{escape(d.mke or '')}</n2:RequestMessageKeyCodeText>"
+                f"<n2:RuleID>{escape(d.rule)}</n2:RuleID>"
+                f"<n2:WhyText>{self._why_xml.get(d.rule, '')}</n2:WhyText>"
+                f"<n2:DecisionID>{escape(d.id)}</n2:DecisionID>"
+                "</n2:NLETSResponseData>"
+                "</n2:NLETS>"
+            ).encode("utf-8")
+        eol = "\r\n" if b"\r\n" in d.request else "\n"
+        ctl = f".*{d.ctl}" if d.ctl else ""
+        return (f"{self._text_head}{d.ori or ''}{ctl}.TXT{eol}{self._denied}{eol}"
+                f"MKE/{d.mke}.RULE/{d.rule}.DECISION/{d.id}{eol}WHY/{why}").encode("ascii", "replace")  # fmt: skip
+
+    def replies(self, denials: list[Denial]) -> bytes:
+        """The framed replies to a batch's denials, in order, as one send."""
+        return b"".join([frame(self.payload(d), self.framing, self.terminator) for d in denials])
 
 
-def deny_reply(
-    record: LogRecord, request: bytes, policy: Policy, framing: str, terminator: bytes
-) -> bytes:
-    """The ER message framed for the wire."""
-    return frame(deny_payload(record, request, policy), framing, terminator)
+def deny_payload(denial: Denial, policy: Policy) -> bytes:
+    """The unframed ER payload for a denial (a writer made for one reply)."""
+    return ReplyWriter(policy).payload(denial)

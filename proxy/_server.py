@@ -27,7 +27,7 @@ from ._log import DecisionLog, LogUnavailable, read_key
 from ._metrics import Metrics, serve_admin
 from ._pipeline import Sequencer, incomplete_record, utc_timestamp
 from ._policy import compile_policy
-from ._reply import deny_reply
+from ._reply import ReplyWriter
 
 RECEIVE_SIZE = 65536
 #: When a connection is closed (shutdown, idle, frame timeout), how long a forward
@@ -130,13 +130,13 @@ class Proxy:
         if not config.proxy.upstream:
             raise ConfigError(f"{where}: `proxy.upstream` is required to run")
         self.config = config
-        self.matcher = matcher
+        self.terminator = config.proxy.terminator.encode("latin-1")
+        self._use(matcher)
         self.log = log
         self.config_path = config_path
         self.warn = warn
         self.admin = admin
         self.sequencer = Sequencer(seq=log.last_seq)
-        self.terminator = config.proxy.terminator.encode("latin-1")
         self.listen_tls, self.upstream_tls = tls_contexts(config, where)
         self.metrics = Metrics(self)
         self.open_connections = 0
@@ -188,6 +188,15 @@ class Proxy:
     def stop(self) -> None:
         self._stop.set()
 
+    def _use(self, matcher: Matcher) -> None:
+        """Put a policy in force, with the writer of its ER replies: the two change
+        together, so a chunk's replies are written under the policy that decided it."""
+        self.current = (matcher, ReplyWriter(matcher.policy, self.config.proxy.framing, self.terminator))
+
+    @property
+    def matcher(self) -> Matcher:
+        return self.current[0]
+
     async def _seal_ticker(self) -> None:
         """A seal at least every second while lines are written."""
         while True:
@@ -209,7 +218,7 @@ class Proxy:
         except ConfigError as exc:
             self.warn(f"reload refused, running policy {self.matcher.rev[:12]} kept: {exc}")
             return False
-        self.matcher = matcher
+        self._use(matcher)
         self.reloads += 1
         self.warn(f"policy reloaded: rev {matcher.rev[:12]} ({matcher.mode})")
         return True
@@ -358,7 +367,6 @@ class Proxy:
                 return
 
     async def _pump(self, src, engine, dst, dst_lock, src_lock, state: _Conn) -> None:
-        proxy_cfg = self.config.proxy
         log = self.log
         while True:
             data = await src.receive_some(RECEIVE_SIZE)
@@ -366,7 +374,7 @@ class Proxy:
                 return
             start = trio.current_time()
             state.last_activity = start
-            matcher = self.matcher
+            matcher, replier = self.current
             batch = engine.feed(data, matcher, utc_timestamp())
             e_in, e_out = state.engines
             if e_in.busy or e_out.busy:
@@ -387,10 +395,7 @@ class Proxy:
                 self.dropped_unlogged += batch.count
                 self.warn(f"{exc}; {batch.count} message(s) dropped, not forwarded")
                 continue
-            replies = b"".join(
-                deny_reply(rec, payload, matcher.policy, proxy_cfg.framing, self.terminator)
-                for rec, payload in batch.denials
-            )
+            replies = replier.replies(batch.denials) if batch.denials else b""
             with trio.CancelScope(shield=True, deadline=state.send_deadline) as scope:
                 state.sends.add(scope)
                 try:
