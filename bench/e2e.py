@@ -1,20 +1,22 @@
 """End to end: `stategate run` with every decision logged, between a load generator and
 a simulated switch, each its own process on loopback, beside a plain TCP relay on the
-same traffic as the baseline (HAProxy in TCP mode where installed, else a minimal trio
-relay), all in one run.
+same traffic as the baseline (HAProxy in TCP mode where installed), and a minimal trio
+relay (stategate's I/O layer doing none of its work), all in one run.
 
     python bench/e2e.py                       # the full run (about two minutes)
     python bench/e2e.py --seconds 2 --rates 1000 --latency-seconds 2   # a smoke run
     python bench/e2e.py --rss-minutes 10      # and RSS sampled over ten minutes
 
-It reports, for each path (direct to the switch, the baseline relay, stategate):
+It reports, for each path (direct to the switch, HAProxy, the trio relay, stategate):
 
 * sustained throughput: queries a second from `--connections` connections sending as
   fast as the path takes them (backpressure, no loss), with the responses flowing back;
-  the time runs until the last response has arrived;
+  the time runs until the last response has arrived; and stategate's CPU time (user
+  plus system, from /proc) per message it decided (queries plus the replies received),
+  which bounds what one core can carry whatever else shares the machine;
 * round-trip latency at fixed offered rates (`--rates`, default 1k, 10k, 100k queries
   a second): p50, p99, p99.9, and the latency stategate adds, as its percentile minus
-  the direct path's;
+  the direct path's, and over the trio relay's (what its work adds to trio's own);
 * stategate's peak RSS (VmHWM) after each phase, and RSS sampled over `--rss-minutes`.
 
 The switch answers from a table built from the same seed as the load, so it never
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -44,6 +47,8 @@ from _common import machine  # noqa: E402
 from proxy._framing import frame  # noqa: E402
 
 HERE = Path(__file__).resolve()
+HAPROXY = "haproxy (tcp mode)"
+TRIO_RELAY = "trio relay"
 
 
 # ------------------------------------------------------------------- traffic
@@ -284,25 +289,32 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
     raise SystemExit(f"{what} did not listen on {port}")
 
 
-def start_baseline(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int, str]:
-    port = free_port()
+def start_haproxy(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int] | None:
+    """HAProxy in TCP mode in front of the switch, where it is installed."""
     haproxy = shutil.which("haproxy")
-    if haproxy:
-        cfg = workdir / "haproxy.cfg"
-        cfg.write_text(
-            "global\n  maxconn 1000\n"
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
-            f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
-            f"backend b\n  server s1 127.0.0.1:{switch_port}\n"
-        )
-        proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        name = "haproxy (tcp mode)"
-    else:
-        proc = subprocess.Popen([sys.executable, str(HERE.parent / "_relay.py"), str(port), str(switch_port)])
-        name = "trio relay (haproxy not installed)"
-    wait_port(port, proc, name)
-    return proc, port, name
+    if not haproxy:
+        return None
+    port = free_port()
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(
+        "global\n  maxconn 1000\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+        f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+        f"backend b\n  server s1 127.0.0.1:{switch_port}\n"
+    )
+    proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_port(port, proc, HAPROXY)
+    return proc, port
+
+
+def start_trio_relay(switch_port: int) -> tuple[subprocess.Popen, int]:
+    """bench/_relay.py: stategate's I/O layer (trio, one upstream connection per
+    client) with none of its work, so a run shows what trio itself costs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE.parent / "_relay.py"), str(port), str(switch_port)])
+    wait_port(port, proc, TRIO_RELAY)
+    return proc, port
 
 
 def start_stategate(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int]:
@@ -334,6 +346,12 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
     cmd = [sys.executable, str(HERE), "--role", "load", "--port", str(port), "--seed", str(args.seed),
            "--pool", str(args.pool)]  # fmt: skip
@@ -353,25 +371,42 @@ def orchestrate(args: argparse.Namespace) -> int:
         procs = [switch]
         try:
             switch_port = int(switch.stdout.readline())
-            baseline, base_port, base_name = start_baseline(switch_port, workdir)
-            procs.append(baseline)
+            paths = {"direct": switch_port}
+            haproxy = start_haproxy(switch_port, workdir)
+            if haproxy is not None:
+                procs.append(haproxy[0])
+                paths[HAPROXY] = haproxy[1]
+            relay, paths[TRIO_RELAY] = start_trio_relay(switch_port)
+            procs.append(relay)
+            base_name = HAPROXY if haproxy is not None else TRIO_RELAY
             sg, sg_port = start_stategate(switch_port, workdir)
             procs.append(sg)
-            paths = {"direct": switch_port, base_name: base_port, "stategate": sg_port}
-            print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed; fsync after seals, in the background)")
+            paths["stategate"] = sg_port
+            print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed; fsync after seals, "
+                  f"in the background); baseline: {base_name}")  # fmt: skip
 
             print(f"\nthroughput, {args.connections} connections, {args.seconds:g} s of sending, "
                   "median of the runs:")  # fmt: skip
             results: dict[str, list[dict]] = {name: [] for name in paths}
+            cpu_per_message: list[float] = []
             for _ in range(args.runs):
                 for name, port in paths.items():  # interleaved, so noise hits all alike
+                    cpu0 = cpu_seconds(sg.pid)
                     results[name].append(load(args, port, connections=args.connections, seconds=args.seconds))
+                    if name == "stategate":
+                        r = results[name][-1]
+                        cpu_per_message.append((cpu_seconds(sg.pid) - cpu0) / (r["queries"] + r["replies"]))
             med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
             for name, rs in results.items():
                 runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
                 print(f"  {name:<36}{med[name]:>12,.0f} queries/s  (runs: {runs}; "
                       f"replies in last run {rs[-1]['replies']:,})")
-            print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}")
+            print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}"
+                  + (f"  (stategate / trio relay: {med['stategate'] / med[TRIO_RELAY]:.3f})"
+                     if base_name != TRIO_RELAY else ""))  # fmt: skip
+            us = statistics.median(cpu_per_message) * 1e6
+            print(f"  stategate CPU per message decided (queries and their replies, user+system): {us:.2f} us, "
+                  f"so {1e6 / us:,.0f} messages/s on one core at most")
             print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             print("\nlatency (round trip, microseconds) at fixed offered rates, one connection:")
@@ -382,9 +417,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                 for name, r in lat.items():
                     print(f"  {rate:>8,}  {name:<36}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['p999_us']:>9.0f}"
                           f"  {r['answered']:,}/{r['sent']:,}")
-                d, s = lat["direct"], lat["stategate"]
-                print(f"  {rate:>8,}  {'added by stategate':<36}{s['p50_us'] - d['p50_us']:>9.0f}"
-                      f"{s['p99_us'] - d['p99_us']:>9.0f}{s['p999_us'] - d['p999_us']:>9.0f}")
+                s = lat["stategate"]
+                for over, label in (("direct", "added by stategate"), (TRIO_RELAY, "added over the trio relay")):
+                    d = lat[over]
+                    print(f"  {rate:>8,}  {label:<36}{s['p50_us'] - d['p50_us']:>9.0f}"
+                          f"{s['p99_us'] - d['p99_us']:>9.0f}{s['p999_us'] - d['p999_us']:>9.0f}")
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             if args.rss_minutes:

@@ -34,6 +34,9 @@ def test_e2e_smoke():
     out = bench(str(BENCH / "e2e.py"), "--seconds", "1", "--runs", "1", "--rates", "1000",
                 "--latency-seconds", "1", "--pool", "2000")  # fmt: skip
     assert "stategate / baseline:" in out and "added by stategate" in out
+    assert "trio relay" in out and "added over the trio relay" in out
+    us = float(out.split("stategate CPU per message decided")[1].split(": ")[1].split(" us")[0])
+    assert 0 < us < 1000  # a real reading of the proxy's CPU time, per message
     assert "stategate peak RSS (VmHWM):" in out
     assert "1,000/1,000" in out  # every query at the fixed rate was answered, on every path
 
