@@ -132,23 +132,35 @@ def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
 
 
 class _Syncer:
-    """fsync off the caller's thread.
+    """fsync off the caller's thread, then drop-behind.
 
     A seal asks for its file to be synced and returns at once: the proxy's event loop
     never waits on the disk.  The request holds a duplicate of the file descriptor, so
     a rotation or reopen can close the original meanwhile and the right file is still
     synced.  Requests for the same open file coalesce into one fsync, and fsyncs start
     at most every MIN_INTERVAL seconds.
+
+    Once synced, the file's pages but its last KEEP_CACHED bytes are dropped from the
+    page cache (``POSIX_FADV_DONTNEED``, which drops only clean pages).  The log is
+    written once and read rarely, so keeping it cached buys nothing, and the freed
+    pages are what the next appends reuse: on a virtual machine whose fresh memory
+    faults in from the host, appending to never-used pages cost about 6x reusing freed
+    ones (bench/README.md, "Drop-behind").
     """
 
     #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
     #: under load; syncing each at once keeps pages under writeback, and appends to
     #: such a page wait for the disk.  Requests arriving meanwhile coalesce.
     MIN_INTERVAL = 0.05
+    #: Bytes at the end of the file left cached after an fsync, for readers that
+    #: follow it (``stategate tail -f``).
+    KEEP_CACHED = 8 << 20
 
     def __init__(self, on_error: Callable[[OSError], None]) -> None:
         self._on_error = on_error
-        self._pending: dict[int, int] = {}  # open-file generation -> duplicate fd
+        #: open-file generation -> [duplicate fd, file size at the latest request]
+        self._pending: dict[int, list[int]] = {}
+        self._dropped = (0, 0)  # (generation, offset the cache is dropped up to)
         self._last = -self.MIN_INTERVAL
         self._cond = threading.Condition()
         self._busy = False
@@ -156,11 +168,16 @@ class _Syncer:
         self._thread = threading.Thread(target=self._run, name="stategate-fsync", daemon=True)
         self._thread.start()
 
-    def request(self, generation: int, fd: int) -> None:
+    def request(self, generation: int, fd: int, size: int) -> None:
+        """Sync the open file ``generation`` (its descriptor ``fd``, ``size`` bytes
+        written so far) soon."""
         with self._cond:
-            if generation not in self._pending:
-                self._pending[generation] = os.dup(fd)
+            pending = self._pending.get(generation)
+            if pending is None:
+                self._pending[generation] = [os.dup(fd), size]
                 self._cond.notify()
+            else:
+                pending[1] = max(pending[1], size)
 
     def _run(self) -> None:
         while True:
@@ -178,13 +195,27 @@ class _Syncer:
                 batch, self._pending = self._pending, {}
                 self._busy = True
             self._last = time.monotonic()
-            for fd in batch.values():
+            for generation, (fd, size) in batch.items():
                 try:
                     os.fsync(fd)
+                    self._drop_behind(generation, fd, size)
                 except OSError as exc:
                     self._on_error(exc)
                 finally:
                     os.close(fd)
+
+    def _drop_behind(self, generation: int, fd: int, size: int) -> None:
+        """Drop the synced file's cached pages up to KEEP_CACHED before ``size``."""
+        done_gen, start = self._dropped
+        if done_gen != generation:
+            start = 0
+        end = size - self.KEEP_CACHED
+        if end > start:
+            try:
+                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                return  # not a regular file: nothing is cached to drop
+            self._dropped = (generation, end)
 
     def drain(self) -> None:
         """Wait until every fsync requested is done."""
@@ -483,7 +514,7 @@ class DecisionLog:
         """fsync after a seal, in the background (see _Syncer)."""
         if self._syncer is not None:
             try:
-                self._syncer.request(self._generation, self._fd)
+                self._syncer.request(self._generation, self._fd, self._size)
             except OSError as exc:  # no descriptor left to duplicate
                 self._sync_failed(exc)
 

@@ -294,6 +294,51 @@ def test_fsync_runs_off_the_writers_thread_for_each_seal_and_close_waits(tmp_pat
     assert verify(log_files(path)).ok
 
 
+def test_synced_pages_are_dropped_from_the_cache_behind_the_writer(tmp_path, monkeypatch):
+    """After each fsync the file's cached pages are let go, but its last KEEP_CACHED
+    bytes: only bytes already synced, each range once, in order, in every file
+    (rotated ones through the descriptor that outlived the rotation)."""
+    import proxy._log as logmod
+
+    events: list[tuple] = []
+    real_fsync, real_fadvise = os.fsync, os.posix_fadvise
+
+    def name(fd: int) -> int:  # the file, whatever it is called by then: its inode
+        return os.fstat(fd).st_ino
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("sync", name(fd), os.fstat(fd).st_size))
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        events.append(("drop", name(fd), offset, length, advice))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(logmod.os, "fsync", fsync)
+    monkeypatch.setattr(logmod.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(logmod._Syncer, "KEEP_CACHED", 20_000)
+    monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=True)
+    write_many(log, 0, [10] * 100)
+    log.close()
+    assert log.rotations >= 2 and log.errors == 0
+    synced: dict[int, int] = {}
+    dropped: dict[int, int] = {}
+    for ev in events:
+        if ev[0] == "sync":
+            synced[ev[1]] = ev[2]
+            continue
+        _, file, offset, length, advice = ev
+        assert advice == os.POSIX_FADV_DONTNEED
+        assert offset == dropped.get(file, 0) and length > 0  # in order, each range once
+        assert offset + length <= synced[file] - 20_000  # synced, and the end kept cached
+        dropped[file] = offset + length
+    for f in log_files(path)[:-1]:  # each rotated file is let go of up to its kept end
+        assert dropped[f.stat().st_ino] == f.stat().st_size - 20_000, f
+    assert verify(log_files(path)).ok
+
+
 def test_a_failed_fsync_is_counted_and_reported(tmp_path):
     link = tmp_path / "null.jsonl"
     link.symlink_to("/dev/null")  # writes succeed, fsync fails (EINVAL)
