@@ -53,8 +53,11 @@ class _Stop(Exception):
     pass
 
 
-#: Namespace readings kept, by the request's bytes up to its key element.
+#: Namespace readings kept, by the request's bytes up to its key element, and the
+#: longest such start kept (a longer one is parsed each time), so that the cache
+#: holds at most 1 MiB of keys whatever a peer sends.
 NAMESPACE_CACHE_SIZE = 1024
+NAMESPACE_PREFIX_MAX = 1024
 _namespace_cache: dict[bytes, tuple[str, str]] = {}
 _KEY_ELEMENT = b"MessageKeyCodeText"
 
@@ -68,14 +71,14 @@ def _namespaces(payload: bytes) -> tuple[str, str]:
     parse, not the document's.  No DTD is read (the request had none to be decided).
 
     Requests from one switch start alike (declaration, root, header), so the reading
-    is kept by the bytes up to the end of the first tag that can hold that element's
-    name.  The parse of those bytes alone is the whole parse's first part and stops
+    is kept (in memory) by the bytes up to the end of the first tag that can hold
+    that element's name, when that is within NAMESPACE_PREFIX_MAX bytes.  The parse of those bytes alone is the whole parse's first part and stops
     at the same element, so a kept reading is the one the whole parse would give;
     a prefix whose parse does not stop (the name was in a comment, say) is not kept,
     and the whole request is parsed instead.
     """
-    at = payload.find(_KEY_ELEMENT)
-    end = payload.find(b">", at) if at >= 0 else -1
+    at = payload.find(_KEY_ELEMENT, 0, NAMESPACE_PREFIX_MAX)
+    end = payload.find(b">", at, NAMESPACE_PREFIX_MAX) if at >= 0 else -1
     if end < 0:
         return _parse_namespaces(payload, True)[0]
     prefix = payload[: end + 1]

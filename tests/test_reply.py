@@ -119,3 +119,8 @@ def test_namespace_cache_is_bounded_and_used():
     head = docs[0][: docs[0].index(b">", docs[0].index(b"MessageKeyCodeText")) + 1]
     assert _namespaces(docs[0]) == ("urn:0", "urn:0")
     assert list(_namespace_cache) == [head]
+    # a start longer than NAMESPACE_PREFIX_MAX is read, never kept: a peer cannot fill
+    # memory with long distinct starts
+    long = docs[1].replace(b"<a:NLETSMessageHeader>", b'<a:NLETSMessageHeader x="' + b"y" * 2000 + b'">')
+    assert _namespaces(long) == ("urn:1", "urn:1")
+    assert list(_namespace_cache) == [head]
