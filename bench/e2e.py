@@ -391,10 +391,10 @@ def orchestrate(args: argparse.Namespace) -> int:
             cpu_per_message: list[float] = []
             for _ in range(args.runs):
                 for name, port in paths.items():  # interleaved, so noise hits all alike
-                    cpu0 = cpu_seconds(sg.pid)
-                    results[name].append(load(args, port, connections=args.connections, seconds=args.seconds))
+                    cpu0 = cpu_seconds(sg.pid) if name == "stategate" else 0.0
+                    r = load(args, port, connections=args.connections, seconds=args.seconds)
+                    results[name].append(r)
                     if name == "stategate":
-                        r = results[name][-1]
                         cpu_per_message.append((cpu_seconds(sg.pid) - cpu0) / (r["queries"] + r["replies"]))
             med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
             for name, rs in results.items():

@@ -9,7 +9,7 @@ fsyncs the file every 50 ms, as the log's fsync thread does.  On ext4 an fsync
 allocates the blocks of what was appended since the last one, and appends wait for
 it; with space reserved (proxy._logfast.reserve, fallocate keeping the size) they do
 not.  With drop-behind the fsync thread then lets go of the synced pages but the last
-8 MiB (POSIX_FADV_DONTNEED, as proxy._log's _Syncer does), and the appends reuse the
+8 MiB (proxy._log.drop_behind, what the log's fsync thread calls), and the appends reuse the
 freed pages instead of taking fresh memory, which on a virtual machine may fault in
 from the host.  Every run's file is kept until all runs are done, so no run reuses
 the pages of another's deleted file: each sees the memory a long-running writer sees.
@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
 CONFIGS = {"not reserved": (False, False), "reserved": (True, False), "reserved, drop-behind": (True, True)}
-KEEP_CACHED = 8 << 20
 
 
 def one_run(path: Path, writes: int, reserved: bool, drop: bool) -> tuple[float, float]:
+    from proxy._log import drop_behind
     from proxy._logfast import reserve
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o640)
@@ -48,9 +48,8 @@ def one_run(path: Path, writes: int, reserved: bool, drop: bool) -> tuple[float,
         while not stop.wait(0.05):
             size = os.fstat(fd).st_size
             os.fsync(fd)
-            if drop and size - KEEP_CACHED > dropped:
-                os.posix_fadvise(fd, dropped, size - KEEP_CACHED - dropped, os.POSIX_FADV_DONTNEED)
-                dropped = size - KEEP_CACHED
+            if drop:
+                dropped = drop_behind(fd, dropped, size)
 
     thread = threading.Thread(target=syncer)
     thread.start()

@@ -131,6 +131,25 @@ def _last_seal_in_bytes(data: bytes) -> tuple[Seal | None, int]:
                 return None, 0
 
 
+#: Bytes at a log file's end left cached after an fsync, for readers that follow it
+#: (``stategate tail -f``).
+KEEP_CACHED = 8 << 20
+
+
+def drop_behind(fd: int, start: int, size: int, keep: int = KEEP_CACHED) -> int:
+    """Let the page cache go of a synced file's bytes from ``start`` up to ``keep``
+    bytes before ``size`` (``POSIX_FADV_DONTNEED`` drops clean pages only); returns
+    where the next drop starts."""
+    end = size - keep
+    if end <= start:
+        return start
+    try:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        return start  # not a regular file: nothing is cached to drop
+    return end
+
+
 class _Syncer:
     """fsync off the caller's thread, then drop-behind.
 
@@ -144,17 +163,15 @@ class _Syncer:
     page cache (``POSIX_FADV_DONTNEED``, which drops only clean pages).  The log is
     written once and read rarely, so keeping it cached buys nothing, and the freed
     pages are what the next appends reuse: on a virtual machine whose fresh memory
-    faults in from the host, appending to never-used pages cost about 6x reusing freed
-    ones (bench/README.md, "Drop-behind").
+    faults in from the host, appends took a third of the time with drop-behind
+    (``bench/fsyncstall.py``, bench/README.md).
     """
 
     #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
     #: under load; syncing each at once keeps pages under writeback, and appends to
     #: such a page wait for the disk.  Requests arriving meanwhile coalesce.
     MIN_INTERVAL = 0.05
-    #: Bytes at the end of the file left cached after an fsync, for readers that
-    #: follow it (``stategate tail -f``).
-    KEEP_CACHED = 8 << 20
+    KEEP_CACHED = KEEP_CACHED  # the module's, as a class attribute a test can lower
 
     def __init__(self, on_error: Callable[[OSError], None]) -> None:
         self._on_error = on_error
@@ -205,17 +222,11 @@ class _Syncer:
                     os.close(fd)
 
     def _drop_behind(self, generation: int, fd: int, size: int) -> None:
-        """Drop the synced file's cached pages up to KEEP_CACHED before ``size``."""
+        """Drop the synced file's cached pages up to KEEP_CACHED before ``size``,
+        from where the last drop in the same file ended."""
         done_gen, start = self._dropped
-        if done_gen != generation:
-            start = 0
-        end = size - self.KEEP_CACHED
-        if end > start:
-            try:
-                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                return  # not a regular file: nothing is cached to drop
-            self._dropped = (generation, end)
+        start = start if done_gen == generation else 0
+        self._dropped = (generation, drop_behind(fd, start, size, self.KEEP_CACHED))
 
     def drain(self) -> None:
         """Wait until every fsync requested is done."""
