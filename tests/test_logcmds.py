@@ -294,8 +294,12 @@ async def test_external_rotation_with_sigusr1_and_tail_f_following(tmp_path):
         up = await nursery.start(switch.run)
         config = _write_config(tmp_path, up, port, seal_every=5, rotate_bytes=6000)
         proc = await _start(config, port)
+        # SIGINT reset to its default in the child: a suite started in the background by
+        # a non-interactive shell inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt, so `tail -f` would rightly ignore the SIGINT below.
         tail = await trio.lowlevel.open_process(
-            [*CLI, "tail", str(log_path), "-f", "-n", "0", "--json"], stdout=subprocess.PIPE)
+            [*CLI, "tail", str(log_path), "-f", "-n", "0", "--json"], stdout=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         await trio.sleep(0.5)
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         q = lambda i: f"RQ.AZ{i:07d}.CA.TXT\nLIC/ZZ{i:05d}".encode()  # noqa: E731
