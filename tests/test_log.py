@@ -7,13 +7,17 @@ import hashlib
 import hmac
 import json
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy._log import DecisionLog, LogUnavailable
 from proxy._logfiles import log_files
+from proxy._pipeline import format_utc_ns, utc_timestamp
 from proxy._types import LogRecord
 from proxy._verify import verify
 
@@ -447,3 +451,27 @@ def test_disk_space_is_reserved_ahead_and_given_back(tmp_path):
         assert st.st_blocks * 512 < st.st_size + 64 * 1024, f  # given back
     seals, lines = independent_check(log_files(path))
     assert lines == 300
+
+
+# ------------------------------------------------------------------ timestamps
+
+
+@given(st.integers(min_value=0, max_value=253402300799_999_999_999))  # to 9999-12-31
+@settings(max_examples=2000, deadline=None)
+def test_timestamps_are_datetimes_rfc3339_form(ns):
+    """The cached-second formatter gives what datetime's strftime gives, truncated to
+    the microsecond, for any time to the year 9999, in any order of calls."""
+    expected = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000))
+    assert format_utc_ns(ns) == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_timestamps_across_a_second_boundary():
+    """The cache holds one second: the next second's text is not the last one's."""
+    second = 1_764_633_599  # 2025-12-01T23:59:59Z
+    ns = second * 10**9
+    stamps = [format_utc_ns(ns + 999_999_999), format_utc_ns(ns + 10**9), format_utc_ns(ns + 999_999_000)]
+    assert stamps == ["2025-12-01T23:59:59.999999Z", "2025-12-02T00:00:00.000000Z",
+                      "2025-12-01T23:59:59.999999Z"]  # fmt: skip
+    now = utc_timestamp()
+    parsed = datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - parsed).total_seconds()) < 5
