@@ -115,6 +115,49 @@ async def test_slow_upstream_reader_gets_backpressure_not_buffering(tmp_path):
                 assert h.proxy.open_connections == 1
 
 
+async def test_forwards_and_er_replies_to_a_slow_client_never_interleave(tmp_path):
+    """Both pumps send to the listen side: the upstream's responses and the ER replies
+    to denied queries.  The client reads nothing at first, so its socket fills and
+    sends go partly straight to the socket and partly through trio while the other
+    pump waits for the lock; every frame the client finally reads is whole."""
+    response = b"DR.CA0000000.AZ0070000.TXT\nNAM/SAMPLE,ALEX"
+    responses, queries = 40_000, 8_000
+
+    async def chatty(stream: trio.SocketStream) -> None:
+        rng = random.Random(4)
+        left = responses
+        with contextlib.suppress(trio.BrokenResourceError):
+            while left:
+                k = min(left, rng.randint(1, 3000))
+                await stream.send_all(frame(response, "len32") * k)
+                left -= k
+            await trio.sleep_forever()
+
+    async with upstream_running(chatty) as up_port:
+        async with running_proxy(tmp_path, policy_text(), upstream_port=up_port) as h:
+            async with h.client() as c:
+
+                async def ask() -> None:
+                    rng = random.Random(5)
+                    left = queries
+                    while left:
+                        k = min(left, rng.randint(1, 500))
+                        await c.stream.send_all(frame(DENIED, "len32") * k)
+                        left -= k
+
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as n:
+                        n.start_soon(ask)
+                        await trio.sleep(1.0)  # not reading: the listen side's buffers fill
+                        await c.receive(responses + queries)
+    frames = c.frames
+    assert len(frames) == responses + queries
+    assert frames.count(response) == responses
+    ers = [f for f in frames if f != response]
+    assert all(f.startswith(b"ER.CA0000000.VTICE0900.*C2.TXT\n") for f in ers)
+    assert len(ers) == queries
+
+
 async def test_slow_client_reader_stalls_the_upstream(tmp_path):
     response = frame(b"DR.CA0000000.AZ0070000.TXT\nNAM/SAMPLE,ALEX", "len32")
     sent = 0
