@@ -11,12 +11,16 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
 
 * sustained throughput: queries a second from `--connections` connections sending as
   fast as the path takes them (backpressure, no loss), with the responses flowing back;
-  the time runs until the last response has arrived; and stategate's CPU time (user
-  plus system, from /proc) per message it decided (queries plus the replies received),
-  which bounds what one core can carry whatever else shares the machine;
+  the time runs until the last response has arrived; for stategate also the messages
+  it decided and logged a second, both directions (queries in, the switch's responses
+  out), counted exactly from the log's `seq`, and its CPU time (user plus system, from
+  /proc) per message decided, which bounds what one core can carry whatever else
+  shares the machine;
 * round-trip latency at fixed offered rates (`--rates`, default 1k, 10k, 100k queries
-  a second): p50, p99, p99.9, and the latency stategate adds, as its percentile minus
-  the direct path's, and over the trio relay's (what its work adds to trio's own);
+  a second), `--latency-runs` runs each, interleaved: the median p50, p99, p99.9, and
+  the latency stategate adds, the median over runs of its percentile minus the direct
+  path's in the same run, and likewise over the trio relay's (what its work adds to
+  trio's own);
 * stategate's peak RSS (VmHWM) after each phase, and RSS sampled over `--rss-minutes`.
 
 The switch answers from a table built from the same seed as the load, so it never
@@ -346,6 +350,21 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
     return 0
 
 
+def logged_seq(workdir: Path) -> int:
+    """The last ``seq`` stategate has logged: the count of its decisions so far."""
+    from proxy._log import last_seq
+    from proxy._logfiles import LogFileError, log_files
+
+    try:
+        files = log_files(workdir / "decisions.jsonl")
+    except LogFileError:
+        return 0
+    for path in reversed(files):  # the base file may be fresh from a rotation
+        if seq := last_seq(path):
+            return seq
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a running process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -389,13 +408,18 @@ def orchestrate(args: argparse.Namespace) -> int:
                   "median of the runs:")  # fmt: skip
             results: dict[str, list[dict]] = {name: [] for name in paths}
             cpu_per_message: list[float] = []
+            decided_per_s: list[float] = []
             for _ in range(args.runs):
                 for name, port in paths.items():  # interleaved, so noise hits all alike
-                    cpu0 = cpu_seconds(sg.pid) if name == "stategate" else 0.0
+                    if name == "stategate":
+                        cpu0, seq0 = cpu_seconds(sg.pid), logged_seq(workdir)
                     r = load(args, port, connections=args.connections, seconds=args.seconds)
                     results[name].append(r)
                     if name == "stategate":
-                        cpu_per_message.append((cpu_seconds(sg.pid) - cpu0) / (r["queries"] + r["replies"]))
+                        # every response has arrived, so every decision is in the log
+                        decided = logged_seq(workdir) - seq0
+                        cpu_per_message.append((cpu_seconds(sg.pid) - cpu0) / decided)
+                        decided_per_s.append(decided / r["seconds"])
             med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
             for name, rs in results.items():
                 runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
@@ -404,24 +428,31 @@ def orchestrate(args: argparse.Namespace) -> int:
             print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}"
                   + (f"  (stategate / trio relay: {med['stategate'] / med[TRIO_RELAY]:.3f})"
                      if base_name != TRIO_RELAY else ""))  # fmt: skip
+            runs = ", ".join(f"{x:,.0f}" for x in decided_per_s)
+            print(f"  stategate messages decided and logged (queries in, responses out; from the log's seq): "
+                  f"{statistics.median(decided_per_s):,.0f}/s  (runs: {runs})")
             us = statistics.median(cpu_per_message) * 1e6
-            print(f"  stategate CPU per message decided (queries and their replies, user+system): {us:.2f} us, "
+            print(f"  stategate CPU per message decided (user+system): {us:.2f} us, "
                   f"so {1e6 / us:,.0f} messages/s on one core at most")
             print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
-            print("\nlatency (round trip, microseconds) at fixed offered rates, one connection:")
+            print("\nlatency (round trip, microseconds) at fixed offered rates, one connection, "
+                  f"median of {args.latency_runs} run(s); added: the median of each run's difference:")
             print(f"  {'rate/s':>8}  {'path':<36}{'p50':>9}{'p99':>9}{'p99.9':>9}  answered")
+            keys = ("p50_us", "p99_us", "p999_us")
             for rate in args.rates:
-                lat = {name: load(args, port, rate=rate, seconds=args.latency_seconds)
-                       for name, port in paths.items()}  # fmt: skip
-                for name, r in lat.items():
-                    print(f"  {rate:>8,}  {name:<36}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['p999_us']:>9.0f}"
-                          f"  {r['answered']:,}/{r['sent']:,}")
-                s = lat["stategate"]
+                lat: dict[str, list[dict]] = {name: [] for name in paths}
+                for _ in range(args.latency_runs):
+                    for name, port in paths.items():  # interleaved
+                        lat[name].append(load(args, port, rate=rate, seconds=args.latency_seconds))
+                for name, rs in lat.items():
+                    p50, p99, p999 = (statistics.median(r[k] for r in rs) for k in keys)
+                    answered = f"{sum(r['answered'] for r in rs):,}/{sum(r['sent'] for r in rs):,}"
+                    print(f"  {rate:>8,}  {name:<36}{p50:>9.0f}{p99:>9.0f}{p999:>9.0f}  {answered}")
                 for over, label in (("direct", "added by stategate"), (TRIO_RELAY, "added over the trio relay")):
-                    d = lat[over]
-                    print(f"  {rate:>8,}  {label:<36}{s['p50_us'] - d['p50_us']:>9.0f}"
-                          f"{s['p99_us'] - d['p99_us']:>9.0f}{s['p999_us'] - d['p999_us']:>9.0f}")
+                    added = [statistics.median(s[k] - d[k] for s, d in zip(lat["stategate"], lat[over]))
+                             for k in keys]  # fmt: skip
+                    print(f"  {rate:>8,}  {label:<36}" + "".join(f"{x:>9.0f}" for x in added))
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             if args.rss_minutes:
@@ -466,6 +497,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 100000])
     ap.add_argument("--latency-seconds", type=float, default=5.0)
+    ap.add_argument("--latency-runs", type=int, default=3, help="runs at each rate (medians)")
     ap.add_argument("--rss-minutes", type=float, default=0.0)
     ap.add_argument("--rss-rate", type=int, default=10000)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
