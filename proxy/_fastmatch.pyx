@@ -1833,6 +1833,20 @@ cdef inline int _put_hex(Buf* b, unsigned long long v) except -1:
     return 0
 
 
+#: The most buffer an engine keeps between chunks.  Kept, a buffer is reused by the
+#: next chunk (memory the VM has not touched is expensive); but a chunk of tiny frames
+#: makes lines many times its size (a 5-byte frame, a 350-byte line), and kept at every
+#: connection that would add up, so a larger one is given back.
+DEF BUF_KEEP = 1 << 20
+
+
+cdef inline void _trim(Buf* b) noexcept:
+    if b.cap > BUF_KEEP:
+        free(b.data)
+        b.data = NULL
+        b.len = b.cap = 0
+
+
 cdef bytes _buf_bytes(Buf* b):
     return PyBytes_FromStringAndSize(b.data, b.len)
 
@@ -1932,6 +1946,11 @@ cdef class Engine:
     @property
     def busy(self):
         return self.framer.busy
+
+    @property
+    def kept(self):
+        """Bytes of buffer kept between chunks (for the lines and the forwards)."""
+        return self.lines.cap + self.forward.cap
 
     def feed(self, bytes data, Matcher matcher, str ts):
         """Frame, decode, decide and log one chunk: a Batch."""
@@ -2042,9 +2061,10 @@ cdef class Engine:
         if not emit:
             return seq - first
         lines = _buf_bytes(&self.lines)
-        return Batch(lines, seq - first, seq,
-                     _buf_bytes(&self.forward) if self.forward.len else b"",
-                     denials if denials else [])
+        forward = _buf_bytes(&self.forward) if self.forward.len else b""
+        _trim(&self.lines)
+        _trim(&self.forward)
+        return Batch(lines, seq - first, seq, forward, denials if denials else [])
 
     cdef object _slow_decode(self, bytes payload, int fmt, Matcher m):
         """The reference decoder's Message for what no fast path read; None if it

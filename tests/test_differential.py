@@ -184,3 +184,23 @@ def test_log_lines_escape_what_json_must():
         assert fast.lines == ref.lines
         assert [r.action for r in fast.records] != ["reject"] * len(payloads)
         assert any(r.atn and '"' in r.atn for r in fast.records)
+
+
+def test_engine_gives_back_a_large_buffer_and_keeps_a_small_one():
+    """A chunk of tiny frames makes log lines many times its size; the engine gives
+    such a buffer back after the chunk instead of keeping it at every connection, and
+    keeps an ordinary chunk's for the next one."""
+    from proxy._framing import frame
+
+    policy = compile_policy(parse_config(random_policy_text(random.Random(5))))
+    matcher = Matcher(policy)
+    engine = Engine("in", 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+    tiny = frame(b"x", "len32") * 30_000  # 150 KB of malformed frames: 30,000 reject lines
+    batch = engine.feed(tiny, matcher, "T")
+    assert batch.count == 30_000 and len(batch.lines) > 8 * (1 << 20)
+    assert engine.kept <= 1 << 20
+    gen = TrafficGenerator(2, policy.state, malformed_share=0.0)
+    ordinary = b"".join(frame(q.payload, "len32") for q in gen.queries(200))
+    batch = engine.feed(ordinary, matcher, "T")
+    assert batch.count == 200
+    assert len(batch.lines) <= engine.kept <= 1 << 20  # kept for the next chunk
