@@ -21,6 +21,9 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
   the latency stategate adds, the median over runs of its percentile minus the direct
   path's in the same run, and likewise over the trio relay's (what its work adds to
   trio's own);
+* serial round trips (`--serial` of them, one query in flight): the round trip, and the
+  CPU time stategate and the trio relay spend on each (two chunks of one message), the
+  fixed cost per chunk that latency at low rates is made of;
 * stategate's peak RSS (VmHWM) after each phase, and RSS sampled over `--rss-minutes`.
 
 The switch answers from a table built from the same seed as the load, so it never
@@ -150,7 +153,10 @@ def role_switch(args: argparse.Namespace) -> None:
 
 def role_load(args: argparse.Namespace) -> None:
     """Drive one path; print the result as JSON."""
-    if args.rate:
+    if args.trips:
+        pool = [len32(q) for q, _ in build_pool(args.seed + 1, args.pool, True)]
+        print(json.dumps(serial_run(args.port, pool, args.trips)), flush=True)
+    elif args.rate:
         pool = [len32(q) for q, _ in build_pool(args.seed + 1, args.pool, True)]
         print(json.dumps(latency_run(args.port, pool, args.rate, args.seconds)), flush=True)
     else:
@@ -269,6 +275,28 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
 
     return {"rate": rate, "sent": sent, "answered": len(rtts), "seconds": elapsed,
             "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}  # fmt: skip
+
+
+def serial_run(port: int, pool: list[bytes], n: int) -> dict:
+    """``n`` round trips one at a time on one connection: each query waits for its
+    response, so every chunk a relay handles is one message, and its cost per chunk
+    shows unblurred by batching."""
+    s = _connect(port)
+    fc = Len32Splitter()
+    rtts = []
+    for i in range(n):
+        t = time.perf_counter()
+        s.sendall(pool[i % len(pool)])
+        while True:
+            data = s.recv(1 << 16)
+            if not data:
+                raise ConnectionError("the path closed the connection mid round trip")
+            if fc.feed(data):
+                break
+        rtts.append(time.perf_counter() - t)
+    s.close()
+    rtts.sort()
+    return {"round_trips": n, "p50_us": rtts[n // 2] * 1e6, "p99_us": rtts[int(n * 0.99)] * 1e6}
 
 
 # -------------------------------------------------------------- orchestration
@@ -455,6 +483,24 @@ def orchestrate(args: argparse.Namespace) -> int:
                     print(f"  {rate:>8,}  {label:<36}" + "".join(f"{x:>9.0f}" for x in added))
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
+            if args.serial:
+                print(f"\nserial round trips (one query in flight, one connection), {args.serial:,} a run, "
+                      f"median of {args.latency_runs} run(s): the relays' CPU per round trip (two chunks "
+                      "of one message each), round trip p50 and p99 in microseconds:")  # fmt: skip
+                serial: dict[str, list[tuple[dict, float | None]]] = {name: [] for name in paths}
+                pids = {"stategate": sg.pid, TRIO_RELAY: relay.pid}
+                for _ in range(args.latency_runs):
+                    for name, port in paths.items():
+                        cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
+                        r = load(args, port, trips=args.serial)
+                        cpu = (cpu_seconds(pids[name]) - cpu0) / args.serial if name in pids else None
+                        serial[name].append((r, cpu))
+                for name, rs in serial.items():
+                    cpu_us = (f"{statistics.median(c for _, c in rs) * 1e6:>8.0f} us CPU"
+                              if rs[0][1] is not None else " " * 15)  # fmt: skip
+                    p50, p99 = (statistics.median(r[k] for r, _ in rs) for k in ("p50_us", "p99_us"))
+                    print(f"  {name:<36}{cpu_us}{p50:>9.0f}{p99:>9.0f}")
+
             if args.rss_minutes:
                 print(f"\nRSS over {args.rss_minutes:g} minutes at {args.rss_rate:,} queries/s:")
                 samples: list[tuple[float, int]] = []
@@ -498,10 +544,12 @@ def main() -> int:
     ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 100000])
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     ap.add_argument("--latency-runs", type=int, default=3, help="runs at each rate (medians)")
+    ap.add_argument("--serial", type=int, default=2000, help="serial round trips a run (0: none)")
     ap.add_argument("--rss-minutes", type=float, default=0.0)
     ap.add_argument("--rss-rate", type=int, default=10000)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--trips", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "switch":
         role_switch(args)
