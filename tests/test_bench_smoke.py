@@ -54,6 +54,7 @@ def test_soak_smoke():
     ("logtools.py", ["--lines", "20000", "--runs", "1"], "verify"),
     ("sealcost.py", ["--messages", "5000", "--runs", "1"], "sealed sha256, fsync"),
     ("fsyncstall.py", ["--writes", "50", "--runs", "1"], "reserved, drop-behind"),
+    ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
 ])  # fmt: skip
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)
