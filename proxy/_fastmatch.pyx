@@ -1819,20 +1819,6 @@ cdef inline char* _cp_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssiz
     return q + 1
 
 
-cdef inline int _put_dec(Buf* b, unsigned long long v) except -1:
-    if b.len + 20 > b.cap:
-        _grow(b, 20)
-    b.len = _cp_dec(b.data + b.len, v) - b.data
-    return 0
-
-
-cdef inline int _put_hex(Buf* b, unsigned long long v) except -1:
-    if b.len + 16 > b.cap:
-        _grow(b, 16)
-    b.len = _cp_hex(b.data + b.len, v) - b.data
-    return 0
-
-
 #: The most buffer an engine keeps between chunks.  Kept, a buffer is reused by the
 #: next chunk (memory the VM has not touched is expensive); but a chunk of tiny frames
 #: makes lines many times its size (a 5-byte frame, a 350-byte line), and kept at every
@@ -2097,40 +2083,46 @@ cdef class Engine:
                 c[key] = c.get(key, 0) + counts[r + k]
         return 0
 
-    cdef int _line_head(self, bytes head, long long dec, long long seq) except -1:
-        cdef Buf* out = &self.lines
-        _put_bytes(out, head)
-        _put_hex(out, dec)
-        _put_bytes(out, b'","seq":')
-        _put_dec(out, seq)
-        _put_bytes(out, self.line_mid)
-        return 0
+    cdef inline char* _head_to(self, char* q, bytes head, long long dec, long long seq) noexcept:
+        """A line's start, to ``"fmt":``; q has room."""
+        q = _cp(q, head)
+        q = _cp_hex(q, <unsigned long long> dec)
+        q = _cp(q, b'","seq":')
+        q = _cp_dec(q, <unsigned long long> seq)
+        return _cp(q, self.line_mid)
 
-    cdef int _line_tail(self, Matcher m, bint fwd, Py_ssize_t size) except -1:
-        cdef Buf* out = &self.lines
-        _put_bytes(out, m.line_mode)
-        if fwd:
-            _put_bytes(out, b"true")
-        else:
-            _put_bytes(out, b"false")
-        _put_bytes(out, m.line_rev)
-        _put_dec(out, size)
-        _put_bytes(out, b"}\n")
-        return 0
+    cdef inline char* _tail_to(self, char* q, Matcher m, bint fwd, Py_ssize_t size) noexcept:
+        """A line's end, from ``,"mode":``; q has room."""
+        q = _cp(q, m.line_mode)
+        q = _cp(q, b"true" if fwd else b"false")
+        q = _cp(q, m.line_rev)
+        q = _cp_dec(q, <unsigned long long> size)
+        return _cp(q, b"}\n")
+
+    cdef inline Py_ssize_t _fixed_room(self, bytes head, Matcher m) noexcept:
+        """Room for a line's pieces but its own fields, rule and groups."""
+        return (PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(self.line_mid)
+                + PyBytes_GET_SIZE(m.line_mode) + PyBytes_GET_SIZE(m.line_rev) + LINE_FIXED_MAX)
 
     cdef int _reject_line(self, bytes head, long long dec, long long seq, int fmt, bytes rule,
                           Matcher m, Py_ssize_t size) except -1:
         cdef Buf* out = &self.lines
-        self._line_head(head, dec, seq)
-        if fmt < 0:
-            _put_bytes(out, b"null")
-        else:
-            _put_bytes(out, <bytes> _FMT_JSON[fmt])
-        _put_bytes(out, _REJECT_FIELDS)
-        _put_bytes(out, b'"')
-        _put_bytes(out, rule)
-        _put_bytes(out, b'","shadow":null')
-        return self._line_tail(m, False, size)
+        cdef Py_ssize_t need = (self._fixed_room(head, m) + PyBytes_GET_SIZE(_REJECT_FIELDS)
+                                + PyBytes_GET_SIZE(rule))
+        cdef char* q
+        if out.len + need > out.cap:
+            _grow(out, need)
+        q = self._head_to(out.data + out.len, head, dec, seq)
+        q = _cp(q, b"null" if fmt < 0 else <bytes> _FMT_JSON[fmt])
+        q = _cp(q, _REJECT_FIELDS)
+        q = _cp(q, b'"')
+        q = _cp(q, rule)
+        q = _cp(q, b'","shadow":null')
+        q = self._tail_to(q, m, False, size)
+        if q - (out.data + out.len) > need:
+            abort()  # the bound above is wrong: memory past the buffer was written
+        out.len = q - out.data
+        return 0
 
     cdef int _line(self, bytes head, long long dec, long long seq, const unsigned char* p,
                    Fields* f, Matcher m, int act, bint fwd, Py_ssize_t size) except -1:
@@ -2143,10 +2135,8 @@ cdef class Engine:
         cdef bytes groups = <bytes> (<tuple> m.group_sets[m._group_set(m.last_party)])[1]
         cdef bytes rule = <bytes> m.rule_json[m.last_rule if m.last_rule >= 0 else m.n_rules]
         cdef bytes shadow = <bytes> m.rule_json[m.last_shadow] if m.last_shadow >= 0 else _NULL
-        cdef Py_ssize_t need = (PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(self.line_mid)
-                                + PyBytes_GET_SIZE(groups) + PyBytes_GET_SIZE(rule)
-                                + PyBytes_GET_SIZE(shadow) + PyBytes_GET_SIZE(m.line_mode)
-                                + PyBytes_GET_SIZE(m.line_rev) + LINE_FIXED_MAX)
+        cdef Py_ssize_t need = (self._fixed_room(head, m) + PyBytes_GET_SIZE(groups)
+                                + PyBytes_GET_SIZE(rule) + PyBytes_GET_SIZE(shadow))
         cdef char* q
         need += 2 * (_span(f.mke_a, f.mke_b) + 2 * _span(f.ori_a, f.ori_b) + _span(f.ctl_a, f.ctl_b)
                      + _span(f.code_a[0], f.code_b[0]) + _span(f.code_a[1], f.code_b[1])
@@ -2157,12 +2147,7 @@ cdef class Engine:
             need += 2 * _span(f.dst_a[0], f.dst_b[0])
         if out.len + need > out.cap:
             _grow(out, need)
-        q = out.data + out.len
-        q = _cp(q, head)
-        q = _cp_hex(q, <unsigned long long> dec)
-        q = _cp(q, b'","seq":')
-        q = _cp_dec(q, <unsigned long long> seq)
-        q = _cp(q, self.line_mid)
+        q = self._head_to(out.data + out.len, head, dec, seq)
         q = _cp(q, <bytes> _FMT_JSON[f.fmt])
         q = _cp(q, b',"mke":')
         q = _cp_str(q, p, f.mke_a, f.mke_b)
@@ -2193,11 +2178,7 @@ cdef class Engine:
         q = _cp(q, rule)
         q = _cp(q, b',"shadow":')
         q = _cp(q, shadow)
-        q = _cp(q, m.line_mode)
-        q = _cp(q, b"true" if fwd else b"false")
-        q = _cp(q, m.line_rev)
-        q = _cp_dec(q, <unsigned long long> size)
-        q = _cp(q, b"}\n")
+        q = self._tail_to(q, m, fwd, size)
         if q - (out.data + out.len) > need:
             abort()  # the bound above is wrong: memory past the buffer was written
         out.len = q - out.data
