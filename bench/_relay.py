@@ -3,30 +3,28 @@ copied both ways unchanged: stategate's I/O layer doing none of its work, so the
 benchmark shows what trio itself costs.
 
 It sends as stategate's pump does (``proxy._server.send_decided``): straight to the
-socket while it takes the bytes, through ``send_all`` for the rest.  Each direction
-has one sender here, so no lock is needed.
+socket while it takes the bytes (``proxy._server.write_now``), through ``send_all`` for
+the rest.  Each direction has one sender here, so no lock is needed.
 
     python bench/_relay.py LISTEN_PORT UPSTREAM_PORT
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import trio
+
+from proxy._server import write_now
 
 
 async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
     try:
         while data := await src.receive_some(1 << 18):
-            try:
-                sent = os.write(dst.socket.fileno(), data)
-            except BlockingIOError:
-                sent = 0
+            sent = write_now(dst, data)
             if sent < len(data):
                 await dst.send_all(memoryview(data)[sent:])
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
 

@@ -3,7 +3,7 @@ a simulated switch, each its own process on loopback, beside a plain TCP relay o
 same traffic as the baseline (HAProxy in TCP mode where installed), and a minimal trio
 relay (stategate's I/O layer doing none of its work), all in one run.
 
-    python bench/e2e.py                       # the full run (about two minutes)
+    python bench/e2e.py                       # the full run (about six minutes)
     python bench/e2e.py --seconds 2 --rates 1000 --latency-seconds 2   # a smoke run
     python bench/e2e.py --rss-minutes 10      # and RSS sampled over ten minutes
 

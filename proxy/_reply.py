@@ -72,10 +72,11 @@ def _namespaces(payload: bytes) -> tuple[str, str]:
 
     Requests from one switch start alike (declaration, root, header), so the reading
     is kept (in memory) by the bytes up to the end of the first tag that can hold
-    that element's name, when that is within NAMESPACE_PREFIX_MAX bytes.  The parse of those bytes alone is the whole parse's first part and stops
-    at the same element, so a kept reading is the one the whole parse would give;
-    a prefix whose parse does not stop (the name was in a comment, say) is not kept,
-    and the whole request is parsed instead.
+    that element's name, when that is within NAMESPACE_PREFIX_MAX bytes.  The parse
+    of those bytes alone is the whole parse's first part and stops at the same
+    element, so a kept reading is the one the whole parse would give; a prefix whose
+    parse does not stop (the name was in a comment, say) is not kept, and the whole
+    request is parsed instead.
     """
     at = payload.find(_KEY_ELEMENT, 0, NAMESPACE_PREFIX_MAX)
     end = payload.find(b">", at, NAMESPACE_PREFIX_MAX) if at >= 0 else -1

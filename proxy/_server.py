@@ -433,7 +433,7 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
     if not lock.locked() and state.send_deadline == math.inf:
         lock.acquire_nowait()
         try:
-            sent = _write_now(stream, data)
+            sent = write_now(stream, data)
             if sent == len(data):
                 return True
             rest = memoryview(data)[sent:] if sent else data
@@ -443,7 +443,7 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
     return await _send_shielded(state, stream, data, lock)
 
 
-def _write_now(stream: trio.abc.Stream, data: bytes) -> int:
+def write_now(stream: trio.abc.Stream, data: bytes) -> int:
     """Write what a plain TCP socket takes of ``data`` without waiting: 0 for another
     kind of stream (TLS) or a full socket buffer."""
     if type(stream) is not trio.SocketStream:
