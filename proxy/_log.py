@@ -279,6 +279,9 @@ def seal_hash(key: bytes | None) -> SealHash | _InlineSealHash:
         return _InlineSealHash(key)
 
 
+#: The most buffers one ``writev`` takes (POSIX guarantees 16; Linux takes 1024).
+IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16, 1024))
+
 #: Disk space kept reserved ahead of the log file's end.
 RESERVE_AHEAD = 32 * 1024 * 1024
 
@@ -424,14 +427,24 @@ class DecisionLog:
         self._hash.save()
         return (self.seal_n, self.prev, self._pending)
 
-    def _write_all(self, data: bytes, state: tuple[int, str, int] | None) -> None:
-        """Write all of data or, on failure, none of it (and put back the seal
-        ``state`` of before it, if given)."""
-        view = memoryview(data)
+    def _write_all(self, parts: list[bytes], state: tuple[int, str, int] | None) -> None:
+        """Write all of ``parts``, one after another, or, on failure, none of them (and
+        put back the seal ``state`` of before it, if given).
+
+        The parts go in one ``writev``, so a seal and the batch after it are written
+        without first being joined: at full load every batch has a seal before it, and
+        joining copied the whole batch once more.
+        """
+        if len(parts) > IOV_MAX:  # a long batch split by many seals
+            parts = [b"".join(parts)]
+        total = sum(map(len, parts))
         written = 0
         try:
-            while written < len(data):
-                written += os.write(self._fd, view[written:])
+            written = os.writev(self._fd, parts)
+            if written < total:  # a short write (a signal, the disk filling): the rest
+                view = memoryview(b"".join(parts))
+                while written < total:
+                    written += os.write(self._fd, view[written:])
         except OSError as exc:
             self.errors += 1
             if written:
@@ -466,7 +479,7 @@ class DecisionLog:
         if not count:
             return
         if not self.sealed:
-            self._write_all(data, None)
+            self._write_all([data], None)
             self.lines += count
             self.last_seq = last_seq
             return
@@ -474,10 +487,11 @@ class DecisionLog:
             self._write_split(data, count)
         else:
             lines, state = data, None
+            parts = [data]
             if self._pending + count > self.seal_every:
                 state = self._state()
-                data = self._seal_bytes() + lines
-            self._write_all(data, state)
+                parts.insert(0, self._seal_bytes())
+            self._write_all(parts, state)
             # hashed once written, so a failed write leaves the hash as it was
             if len(lines) >= BACKGROUND_HASH_BYTES:
                 self._hash.feed(lines)
@@ -515,7 +529,7 @@ class DecisionLog:
             if self._pending >= self.seal_every:
                 parts.append(self._seal_bytes())
                 sealed += 1
-        self._write_all(b"".join(parts), state)
+        self._write_all(parts, state)
         if sealed:
             self.seals += sealed
             self._last_seal_time = self.clock()
@@ -539,7 +553,7 @@ class DecisionLog:
             return True
         state = self._state()
         try:
-            self._write_all(self._seal_bytes(), state)
+            self._write_all([self._seal_bytes()], state)
         except LogUnavailable as exc:
             self.warn(f"{exc}; seal postponed")
             return False

@@ -169,6 +169,36 @@ def test_a_failed_write_keeps_nothing_and_the_chain_intact(tmp_path):
     assert independent_check([path]) == (2, 3)
 
 
+def test_short_writes_are_finished_and_seals_go_with_the_lines(tmp_path, monkeypatch):
+    """A seal and the batch after it go in one writev, which may take only part of
+    them (a signal, a filling disk): the rest follows, so every line is in the log
+    once, in order, and sealed; a batch split by more seals than one writev takes is
+    written too."""
+    import proxy._log as logmod
+
+    calls: list[int] = []
+    real_write = os.write
+
+    def short_writev(fd: int, parts: list[bytes]) -> int:
+        calls.append(len(parts))
+        data = b"".join(parts)
+        return real_write(fd, data[: max(1, len(data) // 3)])
+
+    monkeypatch.setattr(logmod.os, "writev", short_writev)
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=4, fsync=False, warn=lambda m: None) as log:
+        seq = write_many(log, 0, [3, 3, 3, 1, 9])
+    assert max(calls) >= 2  # a seal went with a batch
+    monkeypatch.undo()
+    with DecisionLog(path, seal_every=1, fsync=False, warn=lambda m: None) as log:
+        seq = write_many(log, seq, [logmod.IOV_MAX + 10])
+    seals, lines = independent_check([path])
+    assert lines == seq == 19 + logmod.IOV_MAX + 10
+    assert [json.loads(raw)["seq"] for raw in path.read_bytes().splitlines()
+            if b'"seal"' not in raw] == list(range(1, seq + 1))  # fmt: skip
+    assert verify([path]).ok
+
+
 # ------------------------------------------------------------------ tampering
 
 
