@@ -349,7 +349,9 @@ def start_trio_relay(switch_port: int) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_stategate(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """``stategate run`` logging into workdir; from the source tree ``tree`` (its
+    extensions built in place) instead of the installed package, if given."""
     from proxy._demo import EXAMPLE_POLICY
 
     port = free_port()
@@ -360,8 +362,9 @@ def start_stategate(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, 
         f'[log]\npath = "{workdir}/decisions.jsonl"\n'  # seals with fsync: the defaults
         '[admin]\nlisten = "127.0.0.1:0"\n[policy]' + policy
     )
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(config)],
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, cwd=tree, env=env)  # fmt: skip
     wait_port(port, proc, "stategate")
     return proc, port
 

@@ -45,6 +45,19 @@ def test_e2e_smoke():
     assert "1,000/1,000" in out  # every query at the fixed rate was answered, on every path
 
 
+def test_ab_smoke():
+    """bench/ab.py with this checkout as both trees: each round runs both, in turn, and
+    the second is reported as a ratio to the first."""
+    tree = str(BENCH.parent)
+    out = bench(str(BENCH / "ab.py"), tree, tree, "--rounds", "2", "--seconds", "0.5", "--rate", "500",
+                "--latency-seconds", "0.5", "--trips", "200", "--pool", "2000")  # fmt: skip
+    assert out.count("round 1 ") == 2 and out.count("round 2 ") == 2
+    medians = out.split("medians of 2 rounds")[1]
+    assert "decided_per_s" in medians and "cpu_us_per_trip" in medians
+    ratios = [float(x.split()[0]) for x in medians.split("   x")[1:]]
+    assert len(ratios) == 6 and all(r > 0 for r in ratios)
+
+
 def test_soak_smoke():
     out = bench(str(BENCH / "soak.py"), "--messages", "4000", "--connections", "2")
     assert "mismatches: 0" in out
@@ -55,6 +68,7 @@ def test_soak_smoke():
     ("sealcost.py", ["--messages", "5000", "--runs", "1"], "sealed sha256, fsync"),
     ("fsyncstall.py", ["--writes", "50", "--runs", "1"], "reserved, drop-behind"),
     ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
+    ("feedloop.py", ["--passes", "3", "--log", "--chunk", "65536"], "Engine.feed and the log: 3,000 messages"),
 ])  # fmt: skip
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)

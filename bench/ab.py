@@ -1,0 +1,160 @@
+"""A/B: `stategate run` from two or more source trees, in turn, against one switch,
+so that a change is judged on a noisy machine by runs that interleave with those of
+the tree before it.
+
+    git worktree add ../before HEAD~1
+    python bench/ab.py --build ../before .        # builds each tree's extensions in place
+    python bench/ab.py ../before . --rounds 6 --rate 10000 --trips 2000
+
+Each round starts every tree's proxy in turn (the order reversed every other round)
+with the same config, policy and log settings as bench/e2e.py, and measures it the
+same way, with e2e's load generator and switch:
+
+* throughput (`--connections` connections for `--seconds`): messages decided and
+  logged a second, both directions, from the log's `seq`, and the proxy's CPU time
+  (user plus system) per message decided;
+* latency at `--rate` queries a second (0: skipped): round trip p50 and p99, and the
+  proxy's CPU per query;
+* serial round trips (`--trips`, 0: skipped): the proxy's CPU per round trip, one
+  query in flight, so every chunk is one message.
+
+It prints each round, then per tree the medians, and for every tree after the first
+the median over rounds of its ratio to the first tree in the same round, the figure
+to quote, since a round's trees share the machine's state of the moment.
+
+`--build` builds each tree's extensions (`pip wheel`, with the build dependencies of
+that tree's pyproject.toml) and puts them in the tree, for a worktree that has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # noqa: E402
+from _common import machine  # noqa: E402
+
+#: What one round measures of a tree, and whether more is better.
+MEASURES = {
+    "decided_per_s": True,
+    "cpu_us_per_msg": False,
+    "p50_us": False,
+    "p99_us": False,
+    "cpu_us_per_query": False,
+    "cpu_us_per_trip": False,
+}
+
+
+def build(tree: Path) -> None:
+    """Build tree's extensions with pip, as a fresh install would, and unpack them
+    into the tree's proxy/ (a source tree has none until built)."""
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, str(tree)],
+                       check=True)  # fmt: skip
+        (wheel,) = Path(out).glob("*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name.startswith("proxy/") and name.endswith(".so"):
+                    (tree / name).write_bytes(z.read(name))
+                    print(f"built {tree / name}")
+
+
+def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One tree's proxy, started fresh, through each measurement in turn."""
+    for f in workdir.glob("decisions*"):
+        f.unlink()
+    proc, port = e2e.start_stategate(switch_port, workdir, tree)
+    out: dict[str, float] = {}
+    try:
+        if f"{tree}/proxy/_fastmatch" not in Path(f"/proc/{proc.pid}/maps").read_text():
+            raise SystemExit(f"the proxy started for {tree} did not load that tree's engine")
+        e2e.load(args, port, rate=2000, seconds=1)  # warm up: caches, buffers, the log file
+        cpu0, seq0 = e2e.cpu_seconds(proc.pid), e2e.logged_seq(workdir)
+        r = e2e.load(args, port, connections=args.connections, seconds=args.seconds)
+        decided = e2e.logged_seq(workdir) - seq0  # every response has arrived: all logged
+        if decided <= 0:
+            raise SystemExit(f"{tree}: the proxy decided nothing (did it start? are its extensions built?)")
+        out["decided_per_s"] = decided / r["seconds"]
+        out["cpu_us_per_msg"] = (e2e.cpu_seconds(proc.pid) - cpu0) / decided * 1e6
+        if args.rate:
+            cpu0 = e2e.cpu_seconds(proc.pid)
+            r = e2e.load(args, port, rate=args.rate, seconds=args.latency_seconds)
+            out["p50_us"], out["p99_us"] = r["p50_us"], r["p99_us"]
+            out["cpu_us_per_query"] = (e2e.cpu_seconds(proc.pid) - cpu0) / r["sent"] * 1e6
+        if args.trips:
+            cpu0 = e2e.cpu_seconds(proc.pid)
+            e2e.load(args, port, trips=args.trips)
+            out["cpu_us_per_trip"] = (e2e.cpu_seconds(proc.pid) - cpu0) / args.trips * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("trees", nargs="+", type=Path, help="source trees; the first is the baseline")
+    ap.add_argument("--build", action="store_true", help="build each tree's extensions, then exit")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=4.0, help="sending time of a throughput run")
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=10000, help="queries/s of the latency run (0: none)")
+    ap.add_argument("--latency-seconds", type=float, default=3.0)
+    ap.add_argument("--trips", type=int, default=1000, help="serial round trips a round (0: none)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--pool", type=int, default=20_000)
+    args = ap.parse_args()
+    trees = [t.resolve() for t in args.trees]
+    if args.build:
+        for tree in trees:
+            build(tree)
+        return 0
+    for tree in trees:
+        if not list((tree / "proxy").glob("_fastmatch*.so")):
+            ap.error(f"{tree} has no built extensions: run with --build first")
+
+    print(machine(), flush=True)
+    results: list[list[dict[str, float]]] = [[] for _ in trees]  # by index: a tree may come twice
+    switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", str(args.seed),
+                               "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        switch_port = int(switch.stdout.readline())
+        with tempfile.TemporaryDirectory() as tmp:
+            order = list(range(len(trees)))
+            for r in range(args.rounds):
+                for i in order if r % 2 == 0 else order[::-1]:
+                    m = measure(trees[i], switch_port, Path(tmp), args)
+                    results[i].append(m)
+                    print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {v:,.2f}" for k, v in m.items()),
+                          flush=True)  # fmt: skip
+    finally:
+        switch.terminate()
+        switch.wait(timeout=15)
+
+    base = results[0]
+    print(f"\nmedians of {args.rounds} rounds; for each tree after the first, the median of its "
+          "per-round ratio to the first (> 1: more of the measure)")  # fmt: skip
+    for i, tree in enumerate(trees):
+        print(f"  {tree}")
+        for key, more_is_better in MEASURES.items():
+            if key not in base[0]:
+                continue
+            values = [m[key] for m in results[i]]
+            line = f"    {key:<18}{statistics.median(values):>14,.2f}"
+            pairs = [(m[key], b[key]) for m, b in zip(results[i], base) if b[key] > 0]
+            if i and pairs:  # a CPU figure can read 0 ticks in a very short run
+                ratio = statistics.median(v / b for v, b in pairs)
+                better = (ratio > 1) == more_is_better
+                line += f"   x{ratio:.3f} ({'better' if better else 'worse'})"
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
