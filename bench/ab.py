@@ -12,7 +12,8 @@ same way, with e2e's load generator and switch:
 
 * throughput (`--connections` connections for `--seconds`): messages decided and
   logged a second, both directions, from the log's `seq`, and the proxy's CPU time
-  (user plus system) per message decided;
+  (user plus system) and minor page faults (memory touched for the first time, which
+  costs much on a VM) per message decided;
 * latency at `--rate` queries a second (0: skipped): round trip p50 and p99, and the
   proxy's CPU per query;
 * serial round trips (`--trips`, 0: skipped): the proxy's CPU per round trip, one
@@ -44,6 +45,7 @@ from _common import machine  # noqa: E402
 MEASURES = {
     "decided_per_s": True,
     "cpu_us_per_msg": False,
+    "faults_per_msg": False,
     "p50_us": False,
     "p99_us": False,
     "cpu_us_per_query": False,
@@ -65,6 +67,16 @@ def build(tree: Path) -> None:
                     print(f"built {tree / name}")
 
 
+def shown(v: float) -> str:
+    """A figure to read: whole numbers from 100 up, four significant digits below."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
+def minor_faults(pid: int) -> int:
+    """A running process's minor page faults so far."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[7])
+
+
 def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     """One tree's proxy, started fresh, through each measurement in turn."""
     for f in workdir.glob("decisions*"):
@@ -75,13 +87,14 @@ def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespac
         if f"{tree}/proxy/_fastmatch" not in Path(f"/proc/{proc.pid}/maps").read_text():
             raise SystemExit(f"the proxy started for {tree} did not load that tree's engine")
         e2e.load(args, port, rate=2000, seconds=1)  # warm up: caches, buffers, the log file
-        cpu0, seq0 = e2e.cpu_seconds(proc.pid), e2e.logged_seq(workdir)
+        cpu0, seq0, faults0 = e2e.cpu_seconds(proc.pid), e2e.logged_seq(workdir), minor_faults(proc.pid)
         r = e2e.load(args, port, connections=args.connections, seconds=args.seconds)
         decided = e2e.logged_seq(workdir) - seq0  # every response has arrived: all logged
         if decided <= 0:
             raise SystemExit(f"{tree}: the proxy decided nothing (did it start? are its extensions built?)")
         out["decided_per_s"] = decided / r["seconds"]
         out["cpu_us_per_msg"] = (e2e.cpu_seconds(proc.pid) - cpu0) / decided * 1e6
+        out["faults_per_msg"] = (minor_faults(proc.pid) - faults0) / decided
         if args.rate:
             cpu0 = e2e.cpu_seconds(proc.pid)
             r = e2e.load(args, port, rate=args.rate, seconds=args.latency_seconds)
@@ -131,7 +144,7 @@ def main() -> int:
                 for i in order if r % 2 == 0 else order[::-1]:
                     m = measure(trees[i], switch_port, Path(tmp), args)
                     results[i].append(m)
-                    print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {v:,.2f}" for k, v in m.items()),
+                    print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {shown(v)}" for k, v in m.items()),
                           flush=True)  # fmt: skip
     finally:
         switch.terminate()
@@ -146,7 +159,7 @@ def main() -> int:
             if key not in base[0]:
                 continue
             values = [m[key] for m in results[i]]
-            line = f"    {key:<18}{statistics.median(values):>14,.2f}"
+            line = f"    {key:<18}{shown(statistics.median(values)):>14}"
             pairs = [(m[key], b[key]) for m, b in zip(results[i], base) if b[key] > 0]
             if i and pairs:  # a CPU figure can read 0 ticks in a very short run
                 ratio = statistics.median(v / b for v, b in pairs)

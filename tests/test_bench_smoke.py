@@ -55,7 +55,7 @@ def test_ab_smoke():
     medians = out.split("medians of 2 rounds")[1]
     assert "decided_per_s" in medians and "cpu_us_per_trip" in medians
     ratios = [float(x.split()[0]) for x in medians.split("   x")[1:]]
-    assert len(ratios) == 6 and all(r > 0 for r in ratios)
+    assert len(ratios) == 7 and all(r > 0 for r in ratios)
 
 
 def test_soak_smoke():
