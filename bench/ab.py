@@ -72,11 +72,6 @@ def shown(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
 
 
-def minor_faults(pid: int) -> int:
-    """A running process's minor page faults so far."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[7])
-
-
 def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     """One tree's proxy, started fresh, through each measurement in turn."""
     for f in workdir.glob("decisions*"):
@@ -87,14 +82,13 @@ def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespac
         if f"{tree}/proxy/_fastmatch" not in Path(f"/proc/{proc.pid}/maps").read_text():
             raise SystemExit(f"the proxy started for {tree} did not load that tree's engine")
         e2e.load(args, port, rate=2000, seconds=1)  # warm up: caches, buffers, the log file
-        cpu0, seq0, faults0 = e2e.cpu_seconds(proc.pid), e2e.logged_seq(workdir), minor_faults(proc.pid)
-        r = e2e.load(args, port, connections=args.connections, seconds=args.seconds)
-        decided = e2e.logged_seq(workdir) - seq0  # every response has arrived: all logged
+        r = e2e.stategate_throughput(args, port, proc.pid, workdir)
+        decided = r["decided"]
         if decided <= 0:
             raise SystemExit(f"{tree}: the proxy decided nothing (did it start? are its extensions built?)")
         out["decided_per_s"] = decided / r["seconds"]
-        out["cpu_us_per_msg"] = (e2e.cpu_seconds(proc.pid) - cpu0) / decided * 1e6
-        out["faults_per_msg"] = (minor_faults(proc.pid) - faults0) / decided
+        out["cpu_us_per_msg"] = r["cpu_seconds"] / decided * 1e6
+        out["faults_per_msg"] = r["faults"] / decided
         if args.rate:
             cpu0 = e2e.cpu_seconds(proc.pid)
             r = e2e.load(args, port, rate=args.rate, seconds=args.latency_seconds)

@@ -396,10 +396,31 @@ def logged_seq(workdir: Path) -> int:
     return 0
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (field 3 of stat(5) first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a running process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """A running process's minor page faults so far."""
+    return int(_stat_fields(pid)[7])
+
+
+def stategate_throughput(args: argparse.Namespace, port: int, pid: int, workdir: Path) -> dict:
+    """A throughput run through stategate (process ``pid``, logging into workdir): the
+    load's result, and the messages the proxy decided in it, counted from the log's
+    ``seq`` (every response has arrived, so every decision is logged), with its CPU
+    seconds and minor page faults over the run."""
+    cpu0, seq0, faults0 = cpu_seconds(pid), logged_seq(workdir), minor_faults(pid)
+    r = load(args, port, connections=args.connections, seconds=args.seconds)
+    return {**r, "decided": logged_seq(workdir) - seq0, "cpu_seconds": cpu_seconds(pid) - cpu0,
+            "faults": minor_faults(pid) - faults0}  # fmt: skip
 
 
 def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
@@ -443,14 +464,12 @@ def orchestrate(args: argparse.Namespace) -> int:
             for _ in range(args.runs):
                 for name, port in paths.items():  # interleaved, so noise hits all alike
                     if name == "stategate":
-                        cpu0, seq0 = cpu_seconds(sg.pid), logged_seq(workdir)
-                    r = load(args, port, connections=args.connections, seconds=args.seconds)
+                        r = stategate_throughput(args, port, sg.pid, workdir)
+                        cpu_per_message.append(r["cpu_seconds"] / r["decided"])
+                        decided_per_s.append(r["decided"] / r["seconds"])
+                    else:
+                        r = load(args, port, connections=args.connections, seconds=args.seconds)
                     results[name].append(r)
-                    if name == "stategate":
-                        # every response has arrived, so every decision is in the log
-                        decided = logged_seq(workdir) - seq0
-                        cpu_per_message.append((cpu_seconds(sg.pid) - cpu0) / decided)
-                        decided_per_s.append(decided / r["seconds"])
             med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
             for name, rs in results.items():
                 runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
