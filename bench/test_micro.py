@@ -23,7 +23,7 @@ from proxy._fastmatch import (Engine, Matcher, compiled_framer_events, fast_deco
 from proxy._framing import Len32Framer, frame
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
-from proxy._reply import ReplyWriter, _namespaces, _parse_namespaces
+from proxy._reply import Denial, ReplyWriter, _namespaces, _parse_namespaces
 from proxy._traffic import TrafficGenerator
 
 N = 1000
@@ -163,24 +163,50 @@ def test_engine_by_format(benchmark, fmt):
     assert benchmark(run) == N
 
 
-def _denials(fmt: str) -> list:
-    """1,000 denials of one format, as the compiled engine hands them over."""
+def _denied(fmt: str) -> tuple[bytes, list]:
+    """1,000 queries of one format the example policy denies, as one len32 stream, and
+    their Denials as the plain-Python engine makes them."""
     gen = TrafficGenerator(11, formats=((fmt, 1),), dhs_share=1.0, malformed_share=0.0)
-    out: list = []
-    while len(out) < N:
-        batch = Engine("in", 1, None, "len32", 1 << 20, b"", Sequencer()).feed(
-            frame(gen.query().payload, "len32"), MATCHER, TS)
-        out += batch.denials
-    return out
+    stream, denials = [], []
+    while len(denials) < N:
+        payload = gen.query().payload
+        msg = decode(payload, POLICY.xml)
+        v = decide(POLICY, msg, "in")
+        if v.action == "deny":
+            stream.append(frame(payload, "len32"))
+            denials.append(Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, v.rule, f"r-{len(denials) + 1:x}",
+                                  payload))  # fmt: skip
+    return b"".join(stream), denials
 
 
 @pytest.mark.parametrize("fmt", ["text", "xml", "json"])
-def test_deny_replies(benchmark, fmt):
-    """ER replies to 1,000 denied queries of one format (framed, one send's bytes)."""
-    benchmark.group = "ER replies, 1000 denials"
-    denials = _denials(fmt)
-    writer = ReplyWriter(POLICY)
-    assert benchmark(writer.replies, denials).count(b"ER") >= N
+@pytest.mark.parametrize("path", ["writer", "engine-replies", "engine-no-replies"])
+def test_deny_replies(benchmark, fmt, path):
+    """ER replies to 1,000 denied queries of one format (framed, one send's bytes):
+    the plain-Python ReplyWriter alone, and the compiled engine deciding and logging
+    the queries with its replies and without (deny_reply off): the engine's replies
+    cost the difference of those two."""
+    benchmark.group = f"ER replies, 1000 denied queries ({fmt})"
+    stream, denials = _denied(fmt)
+    if path == "writer":
+        replies = benchmark(ReplyWriter(POLICY).replies, denials)
+    else:
+        matcher = Matcher(POLICY if path == "engine-replies" else msgspec.structs.replace(POLICY, deny_reply=False))
+
+        def run():
+            return Engine("in", 1, None, "len32", 1 << 20, b"", Sequencer(0, "r")).feed(stream, matcher, TS)
+
+        batch = benchmark(run)
+        assert batch.count == N
+        replies = batch.replies
+        if path == "engine-no-replies":
+            assert replies == b""
+            return
+    assert replies == ReplyWriter(POLICY).replies(denials)  # the same bytes, ids "r-1" ...
+
+
+def _xml_requests() -> list[bytes]:
+    return [d.request for d in _denied("xml")[1]]
 
 
 @pytest.mark.parametrize("path", ["kept", "parsed"])
@@ -188,7 +214,7 @@ def test_xml_reply_namespaces(benchmark, path):
     """The XML reply's namespace reading: kept by the request's start, or parsed each
     time (expat stopped at the key element, what every reply did before)."""
     benchmark.group = "ER reply namespaces, 1000 XML requests"
-    requests = [d.request for d in _denials("xml")]
+    requests = _xml_requests()
     if path == "kept":
         def run():
             return [_namespaces(r) for r in requests]

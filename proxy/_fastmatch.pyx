@@ -3,7 +3,7 @@
 
 One call to :meth:`Engine.feed` takes a received chunk, cuts it into frames, decodes
 and decides every complete frame, and returns the chunk's log lines (already encoded),
-the bytes to forward and the denials to answer.  The Python layer makes one call per
+the bytes to forward and the ER replies to its denials.  The Python layer makes one call per
 chunk, and the engine makes no Python object per message: the decoders read a payload
 into spans of its bytes, the matcher looks the spans up in C tables, and the log line
 is written from the spans into one buffer.
@@ -27,7 +27,7 @@ import msgspec
 
 from ._decode import Malformed, decode_json, decode_text, decode_xml
 from ._pipeline import Batch
-from ._reply import Denial
+from ._reply import Denial, ReplyWriter
 from ._types import LogRecord, Message
 
 cdef extern from "Python.h":
@@ -756,6 +756,9 @@ cdef class Matcher:
     cdef int party_count
     # log-line pieces, JSON-encoded once: rule ids and more
     cdef readonly list rule_json
+    cdef readonly object reply_writer  # the policy's ER replies: XML ones, and these pieces
+    cdef bytes rp_text_head, rp_text_denied, rp_json_head, rp_json_body
+    cdef tuple rp_text_rule, rp_text_why, rp_json_rule
     cdef bytes line_mode, line_rev  # the log line's ,"mode":…,"forwarded": and ,"rev":…,"bytes":
     # results of the last decide call
     cdef Py_ssize_t last_rule, last_shadow
@@ -791,6 +794,9 @@ cdef class Matcher:
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
         self.line_mode = b',"mode":' + _json.encode(policy.mode) + b',"forwarded":'
         self.line_rev = b',"rev":' + _json.encode(policy.rev) + b',"bytes":'
+        self.reply_writer = ReplyWriter(policy)
+        (self.rp_text_head, self.rp_text_denied, self.rp_text_rule, self.rp_text_why,
+         self.rp_json_head, self.rp_json_body, self.rp_json_rule) = self.reply_writer.pieces()
         self.n_rules = len(self.rules)
         self.n_words = nw = max(1, (self.n_rules + 63) // 64)
         self.group_entries = [(g.name, g.ori) for g in policy.groups]
@@ -1819,6 +1825,22 @@ cdef inline char* _cp_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssiz
     return q + 1
 
 
+cdef inline char* _cp_raw(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e) noexcept:
+    """p[a:e] as it is (nothing when a < 0) to q, which has room; returns the end."""
+    if a < 0:
+        return q
+    memcpy(q, p + a, e - a)
+    return q + e - a
+
+
+cdef inline char* _eol(char* q, bint crlf) noexcept:
+    if crlf:
+        q[0] = 13
+        q += 1
+    q[0] = 10
+    return q + 1
+
+
 #: The most buffer an engine keeps between chunks.  Kept, a buffer is reused by the
 #: next chunk (memory the VM has not touched is expensive); but a chunk of tiny frames
 #: makes lines many times its size (a 5-byte frame, a 350-byte line), and kept at every
@@ -1901,16 +1923,20 @@ cdef class Engine:
     cdef bytes line_mid      # ,"conn":..,"peer":..,"dir":..,"fmt":
     cdef Buf lines
     cdef Buf forward
+    cdef Buf replies
 
     def __cinit__(self):
         self.lines.data = NULL
         self.lines.len = self.lines.cap = 0
         self.forward.data = NULL
         self.forward.len = self.forward.cap = 0
+        self.replies.data = NULL
+        self.replies.len = self.replies.cap = 0
 
     def __dealloc__(self):
         free(self.lines.data)
         free(self.forward.data)
+        free(self.replies.data)
 
     def __init__(self, str direction, int conn, peer, str framing, Py_ssize_t max_frame,
                  bytes terminator, sequencer):
@@ -1966,10 +1992,11 @@ cdef class Engine:
         first = seq = seqr.seq
         dec = seqr.decisions
         answer = m.deny_reply and not m.monitor and self.dir_code == DIR_IN
-        denials = None
+        rid = None  # the run id as each reply format writes it, when a chunk has a reply
         head = b'{"ts":%s,"id":"%s-' % (_json.encode(ts), (<str> seqr.run_id).encode()) if emit else None
         self.lines.len = 0
         self.forward.len = 0
+        self.replies.len = 0
         try:
             while True:
                 kind = self.framer.next(p, n, &pos, &a, &b, &ra, &rb)
@@ -2027,17 +2054,23 @@ cdef class Engine:
                 if fwd:
                     _put(&self.forward, <const char*> p + ra, rb - ra)
                 elif answer:
-                    if denials is None:
-                        denials = []
+                    if rid is None:
+                        rid = ((<str> seqr.run_id).encode("ascii", "replace"),
+                               _json.encode(seqr.run_id)[1:-1])
+                    if ok == READ and f.fmt != FMT_XML:
+                        self._reply(p + a, b - a, &f, m, dec,
+                                    <bytes> (<tuple> rid)[0 if f.fmt == FMT_TEXT else 1])
+                        continue
                     rule = m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default"
                     did = f"{seqr.run_id}-{dec:x}"
                     if ok == READ:
-                        denials.append(Denial(
-                            _FMT_NAMES[f.fmt], _span_str(p + a, f.mke_a, f.mke_b),
-                            _span_str(p + a, f.ori_a, f.ori_b), _span_str(p + a, f.ctl_a, f.ctl_b),
-                            rule, did, PyBytes_FromStringAndSize(<const char*> p + a, b - a)))
+                        denial = Denial(
+                            "xml", _span_str(p + a, f.mke_a, f.mke_b), _span_str(p + a, f.ori_a, f.ori_b),
+                            _span_str(p + a, f.ctl_a, f.ctl_b), rule, did,
+                            PyBytes_FromStringAndSize(<const char*> p + a, b - a))
                     else:
-                        denials.append(Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, rule, did, payload))
+                        denial = Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, rule, did, payload)
+                    self._framed_reply(m.reply_writer.payload(denial))
             self.framer.keep(src, pos)
             self._count(m, counts)
         finally:
@@ -2048,9 +2081,107 @@ cdef class Engine:
             return seq - first
         lines = _buf_bytes(&self.lines)
         forward = _buf_bytes(&self.forward) if self.forward.len else b""
+        replies = _buf_bytes(&self.replies) if self.replies.len else b""
         _trim(&self.lines)
         _trim(&self.forward)
-        return Batch(lines, seq - first, seq, forward, denials if denials else [])
+        _trim(&self.replies)
+        return Batch(lines, seq - first, seq, forward, replies)
+
+    cdef int _framed_reply(self, bytes payload) except -1:
+        """An ER payload into the chunk's replies, framed as the connection frames."""
+        cdef unsigned char[4] size
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        if not self.framer.delimited:
+            size[0] = <unsigned char> (n >> 24)
+            size[1] = <unsigned char> (n >> 16)
+            size[2] = <unsigned char> (n >> 8)
+            size[3] = <unsigned char> n
+            _put(&self.replies, <const char*> size, 4)
+        _put(&self.replies, PyBytes_AS_STRING(payload), n)
+        if self.framer.delimited:
+            _put_bytes(&self.replies, self.framer.term)
+        return 0
+
+    cdef int _reply(self, const unsigned char* p, Py_ssize_t n, Fields* f, Matcher m,
+                    long long dec, bytes rid) except -1:
+        """The framed ER reply to a denied text or JSON message the fast path read,
+        written from the policy's pieces (proxy._reply.ReplyPieces) and the message's
+        own fields, which the fast path has checked are printable ASCII: what
+        ReplyWriter.payload makes of its Denial, byte for byte, with no Python object
+        made.  ``rid`` is the run id as the format writes it."""
+        cdef Buf* out = &self.replies
+        cdef Py_ssize_t r = m.last_rule if m.last_rule >= 0 else m.n_rules
+        cdef Py_ssize_t need, start, size
+        cdef bint text = f.fmt == FMT_TEXT, crlf = False
+        cdef const unsigned char* cr
+        cdef bytes rule, why = None
+        cdef char* q
+        cdef char* body
+        if text:
+            rule = <bytes> m.rp_text_rule[r]
+            why = <bytes> m.rp_text_why[r]
+            cr = <const unsigned char*> memchr(p, 13, n)
+            while cr != NULL and cr + 1 < p + n:
+                if cr[1] == 10:
+                    crlf = True
+                    break
+                cr = <const unsigned char*> memchr(cr + 1, 13, p + n - cr - 1)
+            need = (PyBytes_GET_SIZE(m.rp_text_head) + PyBytes_GET_SIZE(m.rp_text_denied)
+                    + PyBytes_GET_SIZE(why) + _span(f.ori_a, f.ori_b) + _span(f.ctl_a, f.ctl_b)
+                    + _span(f.mke_a, f.mke_b) + 32)
+        else:
+            rule = <bytes> m.rp_json_rule[r]
+            need = (PyBytes_GET_SIZE(m.rp_json_head) + PyBytes_GET_SIZE(m.rp_json_body)
+                    + 2 * (_span(f.ori_a, f.ori_b) + _span(f.ctl_a, f.ctl_b) + _span(f.mke_a, f.mke_b))
+                    + 32)
+        need += PyBytes_GET_SIZE(rule) + PyBytes_GET_SIZE(rid) + 20 + 4 + self.framer.tlen
+        if out.len + need > out.cap:
+            _grow(out, need)
+        start = out.len
+        body = q = out.data + start + (0 if self.framer.delimited else 4)
+        if text:
+            # ER.<local>.<ori>[.*<ctl>].TXT / denied / MKE/<key>.RULE/<rule>.DECISION/<id> / WHY/<why>
+            q = _cp(q, m.rp_text_head)
+            q = _cp_raw(q, p, f.ori_a, f.ori_b)
+            if _span(f.ctl_a, f.ctl_b):
+                q = _cp(q, b".*")
+                q = _cp_raw(q, p, f.ctl_a, f.ctl_b)
+            q = _cp(q, b".TXT")
+            q = _eol(q, crlf)
+            q = _cp(q, m.rp_text_denied)
+            q = _eol(q, crlf)
+            q = _cp(q, b"MKE/")
+            q = _cp_raw(q, p, f.mke_a, f.mke_b)
+            q = _cp(q, rule)
+            q = _cp(q, rid)
+            q[0] = 45  # -
+            q = _cp_hex(q + 1, <unsigned long long> dec)
+            q = _eol(q, crlf)
+            q = _cp(q, why)
+        else:
+            q = _cp(q, m.rp_json_head)
+            q = _cp_str(q, p, f.ori_a, f.ori_b) if f.ori_a >= 0 else _cp(q, b'""')
+            q = _cp(q, b'],"ctl":')
+            q = _cp_str(q, p, f.ctl_a, f.ctl_b)
+            q = _cp(q, m.rp_json_body)
+            q = _cp_str(q, p, f.mke_a, f.mke_b) if f.mke_a >= 0 else _cp(q, b'""')
+            q = _cp(q, rule)
+            q = _cp(q, rid)
+            q[0] = 45  # -
+            q = _cp_hex(q + 1, <unsigned long long> dec)
+            q = _cp(q, b'"}}')
+        size = q - body
+        if self.framer.delimited:
+            q = _cp(q, self.framer.term)
+        else:
+            body[-4] = <char> ((size >> 24) & 255)
+            body[-3] = <char> ((size >> 16) & 255)
+            body[-2] = <char> ((size >> 8) & 255)
+            body[-1] = <char> (size & 255)
+        if q - (out.data + start) > need:
+            abort()  # the bound above is wrong: memory past the buffer was written
+        out.len = q - out.data
+        return 0
 
     cdef object _slow_decode(self, bytes payload, int fmt, Matcher m):
         """The reference decoder's Message for what no fast path read; None if it

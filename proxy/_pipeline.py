@@ -17,7 +17,7 @@ import msgspec
 from ._decode import decode, detect_format
 from ._framing import make_framer
 from ._policy import Policy, decide
-from ._reply import Denial
+from ._reply import Denial, ReplyWriter
 from ._types import LogRecord
 
 
@@ -67,10 +67,11 @@ _record_decoder = msgspec.json.Decoder(LogRecord)
 
 class Batch:
     """What one chunk produced: its log lines, encoded (``count`` of them, the last
-    numbered ``last_seq``), the exact bytes to forward, and the :class:`Denial` of
-    each denied ``in`` message to answer.  ``records`` decodes the lines when asked."""
+    numbered ``last_seq``), the exact bytes to forward, and the ER replies to its
+    denied ``in`` messages, framed, in order, to send back on the listen side.
+    ``records`` decodes the lines when asked."""
 
-    __slots__ = ("lines", "count", "last_seq", "forward", "denials", "_records")
+    __slots__ = ("lines", "count", "last_seq", "forward", "replies", "_records")
 
     def __init__(
         self,
@@ -78,14 +79,14 @@ class Batch:
         count: int,
         last_seq: int,
         forward: bytes,
-        denials: list[Denial],
+        replies: bytes,
         records: list[LogRecord] | None = None,
     ) -> None:
         self.lines = lines
         self.count = count
         self.last_seq = last_seq
         self.forward = forward
-        self.denials = denials
+        self.replies = replies
         self._records = records
 
     @property
@@ -96,11 +97,11 @@ class Batch:
 
     @classmethod
     def of_records(
-        cls, records: list[LogRecord], forward: bytes, denials: list[Denial]
+        cls, records: list[LogRecord], forward: bytes, replies: bytes
     ) -> Batch:
         last = records[-1].seq if records else 0
         lines = _lines_encoder.encode_lines(records) if records else b""
-        return cls(lines, len(records), last, forward, denials, records)
+        return cls(lines, len(records), last, forward, replies, records)
 
 
 class ReferenceEngine:
@@ -120,6 +121,8 @@ class ReferenceEngine:
         self.conn = conn
         self.peer = peer
         self.framer = make_framer(framing, max_frame, terminator)
+        self.framing = framing
+        self.terminator = terminator
         self.sequencer = sequencer
 
     @property
@@ -179,7 +182,8 @@ class ReferenceEngine:
                 forward.append(raw)
             elif self.direction == "in" and policy.deny_reply:
                 denials.append(Denial(msg.fmt, msg.mke, msg.ori, msg.ctl, v.rule, rec.id, payload))
-        return Batch.of_records(records, b"".join(forward), denials)
+        replies = ReplyWriter(policy, self.framing, self.terminator).replies(denials) if denials else b""
+        return Batch.of_records(records, b"".join(forward), replies)
 
 
 def incomplete_record(engine, sequencer: Sequencer, matcher, ts: str) -> LogRecord:

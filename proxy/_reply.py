@@ -4,10 +4,14 @@ It goes from the policy's ``local_ori`` to the requester, in the request's own f
 and framing, and carries the request's control field, the deciding rule's id and
 ``why``, and the decision id; none of the request's data elements are echoed.
 
-A :class:`Denial` is all a reply needs to know of the denied message; both engines
-hand them over with each batch.  A :class:`ReplyWriter` holds what is the same for
-every reply under one policy (the local ORI, each rule's ``why`` already escaped for
-each format), so a reply costs a few string joins.
+A :class:`Denial` is all a reply needs to know of the denied message.  A
+:class:`ReplyWriter` holds what is the same for every reply under one policy (the
+local ORI, each rule's ``why`` already escaped for each format), so a reply costs a
+few string joins; it is the plain statement of a reply, which the plain-Python
+engine uses.  The compiled engine writes text and JSON replies itself from the
+writer's :class:`ReplyPieces` (a reply there makes no Python object), and asks the
+writer for XML ones, whose namespaces come from the request; the tests hold its
+replies to the writer's, byte for byte.
 """
 
 from __future__ import annotations
@@ -47,6 +51,30 @@ class Denial(NamedTuple):
     rule: str
     id: str
     request: bytes
+
+
+class ReplyPieces(NamedTuple):
+    """A policy's text and JSON ER payloads cut where the request's own values go, as
+    bytes, for the compiled engine, which writes a reply by copying these around the
+    denied message's fields (proxy._fastmatch, ``Engine._reply``).
+
+    :meth:`ReplyWriter.payload` is what the pieces must add up to, and the tests hold
+    the engine's replies to it byte for byte.  The per-rule tuples are indexed as the
+    policy's rules, with ``default`` last.  A text reply is ``text_head``, the
+    requester's ORI, ``.*`` and the control field when there is one, ``.TXT``, the
+    line end, ``text_denied``, the line end, ``MKE/`` and the request's key,
+    ``text_rule``, the decision id, the line end and ``text_why``.  A JSON reply is
+    ``json_head``, the ORI as a JSON string, ``],"ctl":`` and the control field (or
+    null), ``json_body``, the key, ``json_rule``, the decision id and ``"}}``.
+    """
+
+    text_head: bytes
+    text_denied: bytes
+    text_rule: tuple[bytes, ...]
+    text_why: tuple[bytes, ...]
+    json_head: bytes
+    json_body: bytes
+    json_rule: tuple[bytes, ...]
 
 
 class _Stop(Exception):
@@ -173,7 +201,26 @@ class ReplyWriter:
         eol = "\r\n" if b"\r\n" in d.request else "\n"
         ctl = f".*{d.ctl}" if d.ctl else ""
         return (f"{self._text_head}{d.ori or ''}{ctl}.TXT{eol}{self._denied}{eol}"
-                f"MKE/{d.mke}.RULE/{d.rule}.DECISION/{d.id}{eol}WHY/{why}").encode("ascii", "replace")  # fmt: skip
+                f"MKE/{d.mke or ''}.RULE/{d.rule}.DECISION/{d.id}{eol}WHY/{why}").encode("ascii", "replace")  # fmt: skip
+
+    def pieces(self) -> ReplyPieces:
+        """The text and JSON payloads of :meth:`payload` as pieces for the compiled
+        engine (see :class:`ReplyPieces`)."""
+        ids = [rule.id for rule in self.policy.rules] + ["default"]
+
+        def text(s: str) -> bytes:  # the whole reply is encoded so; each piece alike
+            return s.encode("ascii", "replace")
+
+        return ReplyPieces(
+            text(self._text_head),
+            text(self._denied),
+            tuple(text(f".RULE/{rule}.DECISION/") for rule in ids),
+            tuple(text(f"WHY/{self._why[rule]}") for rule in ids),
+            b'{"mke":"ER","ori":' + _json.encode(self.policy.local_ori) + b',"dst":[',
+            b',"body":{"error":"denied","state":' + _json.encode(self.policy.state) + b',"request_mke":',
+            tuple(b',"rule":' + _json.encode(rule) + b',"why":' + _json.encode(self._why[rule])
+                  + b',"decision":"' for rule in ids),
+        )  # fmt: skip
 
     def replies(self, denials: list[Denial]) -> bytes:
         """The framed replies to a batch's denials, in order, as one send."""

@@ -27,7 +27,6 @@ from ._log import DecisionLog, LogUnavailable, read_key
 from ._metrics import Metrics, serve_admin
 from ._pipeline import Sequencer, incomplete_record, utc_timestamp
 from ._policy import compile_policy
-from ._reply import ReplyWriter
 
 #: The most one receive takes, so one chunk decided at a time: 128 KiB, since at full
 #: load every chunk carries trio's and the pump's fixed cost (bench/README.md: 2.58 ->
@@ -193,13 +192,10 @@ class Proxy:
         self._stop.set()
 
     def _use(self, matcher: Matcher) -> None:
-        """Put a policy in force, with the writer of its ER replies: the two change
-        together, so a chunk's replies are written under the policy that decided it."""
-        self.current = (matcher, ReplyWriter(matcher.policy, self.config.proxy.framing, self.terminator))
-
-    @property
-    def matcher(self) -> Matcher:
-        return self.current[0]
+        """Put a policy in force.  The matcher also writes its ER replies (the engine
+        writes them with the decisions), so a chunk's replies are always written
+        under the policy that decided it."""
+        self.matcher = matcher
 
     async def _seal_ticker(self) -> None:
         """A seal at least every second while lines are written."""
@@ -378,8 +374,7 @@ class Proxy:
                 return
             start = trio.current_time()
             state.last_activity = start
-            matcher, replier = self.current
-            batch = engine.feed(data, matcher, utc_timestamp())
+            batch = engine.feed(data, self.matcher, utc_timestamp())
             e_in, e_out = state.engines
             if e_in.busy or e_out.busy:
                 if state.frame_since is None:
@@ -399,7 +394,7 @@ class Proxy:
                 self.dropped_unlogged += batch.count
                 self.warn(f"{exc}; {batch.count} message(s) dropped, not forwarded")
                 continue
-            replies = replier.replies(batch.denials) if batch.denials else b""
+            replies = batch.replies
             whole = True
             if batch.forward:
                 whole = await send_decided(state, dst, dst_lock, batch.forward)

@@ -124,3 +124,85 @@ def test_namespace_cache_is_bounded_and_used():
     long = docs[1].replace(b"<a:NLETSMessageHeader>", b'<a:NLETSMessageHeader x="' + b"y" * 2000 + b'">')
     assert _namespaces(long) == ("urn:1", "urn:1")
     assert list(_namespace_cache) == [head]
+
+
+ODD_POLICY = r'''
+[policy]
+state = "CA"
+local_ori = "CA0000000"
+default = "deny"
+
+[[rules]]
+id = "let-some_in"
+action = "allow"
+agency = ["AZ*"]
+why = "allowed"
+
+[[rules]]
+id = "no-dq"
+action = "deny"
+mke = ["DQ"]
+why = "say \"no\" \\ twice,\ttab \u0001 caf\u00e9 \u2713 \u2028 WHY/x.RULE/y"
+'''
+
+
+def _framed(replies: bytes, framing: str, term: bytes) -> list[bytes]:
+    from proxy._framing import make_framer
+
+    return [e[1] for e in make_framer(framing, 1 << 20, term).feed(replies)]
+
+
+@pytest.mark.parametrize("framing", ["len32", "delimited"])
+def test_compiled_replies_are_the_writers_byte_for_byte(framing):
+    """The compiled engine writes text and JSON replies itself from ReplyPieces, and
+    frames the writer's XML ones: over denials of every format and header form, with
+    and without a control field, LF and CRLF line ends, a ``why`` that needs escaping
+    (JSON) or replacing (text), and a run id that does too, its replies are the
+    plain-Python engine's (ReplyWriter) byte for byte, chunked anyhow."""
+    import random
+
+    from proxy._config import parse_config
+    from proxy._fastmatch import Engine, Matcher
+    from proxy._framing import frame
+    from proxy._pipeline import ReferenceEngine, Sequencer
+    from proxy._policy import compile_policy
+
+    rng = random.Random(5)
+    term = b"\r\n\x7f"
+    policy = compile_policy(parse_config(ODD_POLICY))
+    gen = TrafficGenerator(3, dhs_share=0.3, malformed_share=0.02)
+    payloads = []
+    for g in gen.queries(3000):
+        p = g.payload
+        r = rng.random()
+        if p.startswith((b"{", b"<")):
+            pass
+        elif r < 0.3:
+            p = p.replace(b"\n", b"\r\n")  # CRLF line ends
+        elif r < 0.4:
+            p = p.replace(b"\n", b"\r\n", 1)
+        if framing == "delimited":
+            p = p.replace(term, b"")
+        payloads.append(p)
+    stream = b"".join(frame(p, framing, term) for p in payloads)
+    run_id = 'r"\\\u00e9'
+    fast = Engine("in", 1, None, framing, 1 << 20, term, Sequencer(0, run_id))
+    ref = ReferenceEngine("in", 1, None, framing, 1 << 20, term, Sequencer(0, run_id))
+    matcher = Matcher(policy)
+    got = want = b""
+    pos = 0
+    while pos < len(stream):
+        chunk = stream[pos : pos + rng.choice([1, 50, 999, 40_000])]
+        pos += len(chunk)
+        a, b = fast.feed(chunk, matcher, "T"), ref.feed(chunk, policy, "T")
+        assert a.replies == b.replies
+        got += a.replies
+        want += b.replies
+    replies = _framed(got, framing, term)
+    kinds = {k: sum(r.startswith(k) for r in replies) for k in (b"ER.", b"<?xml", b'{"mke":"ER"')}
+    assert all(n >= 30 for n in kinds.values()), kinds
+    text = [r for r in replies if r.startswith(b"ER.")]
+    assert any(b"\r\n" in r for r in text) and any(b"\r\n" not in r for r in text)
+    assert any(b".*" in r.split(b"\n")[0] for r in text) and any(b".*" not in r.split(b"\n")[0] for r in text)
+    assert any(b'"ctl":null' in r for r in replies) and any(b'"ctl":"C' in r for r in replies)
+    assert any(b"caf? " in r for r in text) and any(b"caf\xc3\xa9 " in r for r in replies)
