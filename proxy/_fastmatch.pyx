@@ -89,7 +89,30 @@ cdef extern from *:
         }
         return i;
     }
+    /* Copy n bytes, s to q.  A log line is mostly short pieces (a key name, a code,
+       a rule id), each of which a call to memcpy costs more than it copies; up to 32
+       bytes go as two fixed-size moves that overlap in the middle, which read and write
+       no byte outside either range. */
+    static inline void sg_copy(char* q, const char* s, size_t n) {
+        if (n >= 16) {
+            if (n > 32) { memcpy(q, s, n); return; }
+            char a[16], b[16];
+            memcpy(a, s, 16); memcpy(b, s + n - 16, 16);
+            memcpy(q, a, 16); memcpy(q + n - 16, b, 16);
+        } else if (n >= 8) {
+            uint64_t a, b;
+            memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8);
+            memcpy(q, &a, 8); memcpy(q + n - 8, &b, 8);
+        } else if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4);
+            memcpy(q, &a, 4); memcpy(q + n - 4, &b, 4);
+        } else if (n) {
+            q[0] = s[0]; q[n / 2] = s[n / 2]; q[n - 1] = s[n - 1];
+        }
+    }
     """
+    void sg_copy(char* q, const char* s, size_t n) noexcept nogil
     int sg_ctz64(unsigned long long x)
     Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
     Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
@@ -1740,16 +1763,9 @@ cdef int _grow(Buf* b, Py_ssize_t extra) except -1:
 
 
 cdef inline int _put(Buf* b, const char* s, Py_ssize_t n) except -1:
-    cdef Py_ssize_t i
-    cdef char* d
     if b.len + n > b.cap:
         _grow(b, n)
-    d = b.data + b.len
-    if n <= 32:  # a log line's pieces are short: a call to memcpy would cost more
-        for i in range(n):
-            d[i] = s[i]
-    else:
-        memcpy(d, s, n)
+    sg_copy(b.data + b.len, s, n)
     b.len += n
     return 0
 
@@ -1774,7 +1790,7 @@ cdef inline Py_ssize_t _span(Py_ssize_t a, Py_ssize_t b) noexcept:
 cdef inline char* _cp(char* q, bytes s) noexcept:
     """Copy s to q, which has room; returns the end."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(s)
-    memcpy(q, PyBytes_AS_STRING(s), n)
+    sg_copy(q, PyBytes_AS_STRING(s), n)
     return q + n
 
 
@@ -1787,7 +1803,7 @@ cdef inline char* _cp_dec(char* q, unsigned long long v) noexcept:
         v //= 10
         if v == 0:
             break
-    memcpy(q, tmp + i, 24 - i)
+    sg_copy(q, tmp + i, 24 - i)
     return q + 24 - i
 
 
@@ -1800,7 +1816,7 @@ cdef inline char* _cp_hex(char* q, unsigned long long v) noexcept:
         v >>= 4
         if v == 0:
             break
-    memcpy(q, tmp + i, 20 - i)
+    sg_copy(q, tmp + i, 20 - i)
     return q + 20 - i
 
 
@@ -1829,7 +1845,7 @@ cdef inline char* _cp_raw(char* q, const unsigned char* p, Py_ssize_t a, Py_ssiz
     """p[a:e] as it is (nothing when a < 0) to q, which has room; returns the end."""
     if a < 0:
         return q
-    memcpy(q, p + a, e - a)
+    sg_copy(q, <const char*> p + a, e - a)
     return q + e - a
 
 
