@@ -138,13 +138,16 @@ def role_switch(args: argparse.Namespace) -> None:
         splitter = Len32Splitter()
         lookup = table.get
         with conn:
-            while data := conn.recv(1 << 18):
-                out = [lookup(q, b"") for q in splitter.feed(data)]
-                if out:
-                    try:
-                        conn.sendall(b"".join(out))
-                    except OSError:
+            while True:
+                try:  # a path may reset its connection when a run ends (HAProxy does)
+                    data = conn.recv(1 << 18)
+                    if not data:
                         return
+                    out = [lookup(q, b"") for q in splitter.feed(data)]
+                    if out:
+                        conn.sendall(b"".join(out))
+                except OSError:
+                    return
 
     while True:
         conn, _ = srv.accept()
