@@ -38,6 +38,11 @@ class _JsonReply(msgspec.Struct):
 
 _json = msgspec.json.Encoder()
 
+#: What an attribute value needs escaped beyond ``escape``'s ``& < >``: its quote, and
+#: the white space a parser would normalise to a space (a namespace URI is read back
+#: exactly, quotes and tabs included).
+_ATTR = {'"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
+
 
 class Denial(NamedTuple):
     """A denied ``in`` message, as much of it as its ER reply needs: the header fields
@@ -183,7 +188,7 @@ class ReplyWriter:
                    if d.ctl else "")  # fmt: skip
             return (
                 '<?xml version="1.0" encoding="UTF-8"?>\n'
-                f'<n2:NLETS xmlns:n2="{escape(root_ns)}" xmlns:nh2="{escape(header_ns)}">'
+                f'<n2:NLETS xmlns:n2="{escape(root_ns, _ATTR)}" xmlns:nh2="{escape(header_ns, _ATTR)}">'
                 "<n2:NLETSMessageHeader>"
                 "<nh2:MessageKeyCodeText>ER</nh2:MessageKeyCodeText>"
                 f"{self._xml_orig}"

@@ -206,3 +206,15 @@ def test_compiled_replies_are_the_writers_byte_for_byte(framing):
     assert any(b".*" in r.split(b"\n")[0] for r in text) and any(b".*" not in r.split(b"\n")[0] for r in text)
     assert any(b'"ctl":null' in r for r in replies) and any(b'"ctl":"C' in r for r in replies)
     assert any(b"caf? " in r for r in text) and any(b"caf\xc3\xa9 " in r for r in replies)
+
+
+@pytest.mark.parametrize("uri", ['urn:a&quot;b', "urn:a&amp;b&lt;c&gt;", "urn:a&#9;b&#10;c&#13;d", "urn:'q'"])
+def test_xml_reply_carries_any_namespace_uri_and_parses(uri):
+    """A namespace URI with a quote, markup characters or white space a parser would
+    normalise comes back in the reply exactly, and the reply is well-formed."""
+    policy = make_policy('[policy]\nstate = "CA"\nlocal_ori = "CA0000000"\n')
+    request = (f'<n2:NLETS xmlns:n2="{uri}" xmlns:nh2="{uri}:h"><n2:NLETSMessageHeader>'
+               + HEADER.format(h="nh2:") + "</n2:NLETSMessageHeader></n2:NLETS>").encode()
+    reply = deny_payload(Denial("xml", "DQ", "VTICE0900", None, "default", "r-1", request), policy)
+    assert decode(reply, policy.xml).mke == "ER"
+    assert _namespaces(reply) == _namespaces(request) == whole_tree_namespaces(request)
