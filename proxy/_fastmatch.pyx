@@ -111,7 +111,46 @@ cdef extern from *:
             q[0] = s[0]; q[n / 2] = s[n / 2]; q[n - 1] = s[n - 1];
         }
     }
+    /* p[a:e], printable ASCII, as a JSON string (quote and backslash escaped) to q, which has
+       room for 2 * (e - a) + 2 bytes and 16 more: sixteen bytes at a time are looked at
+       and stored whole (the store may run past what it writes, into that room), while
+       reading them stays inside p[:limit]; the last bytes go one at a time. */
+    static inline char* sg_json_str(char* q, const unsigned char* p, Py_ssize_t a,
+                                    Py_ssize_t e, Py_ssize_t limit) {
+        *q++ = 34;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8(34), slash = _mm_set1_epi8(92);
+        while (a < e && a + 16 <= limit) {
+            __m128i v = _mm_loadu_si128((const __m128i*) (p + a));
+            Py_ssize_t len = e - a < 16 ? e - a : 16;
+            int bits = _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                      _mm_cmpeq_epi8(v, slash)));
+            bits &= (1 << len) - 1;
+            _mm_storeu_si128((__m128i*) q, v);
+            if (bits) {
+                int k = __builtin_ctz(bits);
+                q += k;
+                a += k;
+                *q++ = 92;  /* backslash */
+                *q++ = (char) p[a++];
+            } else {
+                q += len;
+                a += len;
+            }
+        }
+    #endif
+        for (; a < e; a++) {
+            unsigned char c = p[a];
+            if (c == 34 || c == 92)
+                *q++ = 92;  /* backslash */
+            *q++ = (char) c;
+        }
+        *q++ = 34;
+        return q;
+    }
     """
+    char* sg_json_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e,
+                      Py_ssize_t limit) noexcept nogil
     void sg_copy(char* q, const char* s, size_t n) noexcept nogil
     int sg_ctz64(unsigned long long x)
     Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
@@ -1776,7 +1815,8 @@ cdef inline int _put_bytes(Buf* b, bytes s) except -1:
 
 #: Room for a decision line's fixed pieces beyond those :meth:`Engine._line` measures:
 #: the key names and punctuation (about 220 bytes), three numbers of up to 20 digits,
-#: and the quotes, commas and nulls around at most 13 fields.
+#: the quotes, commas and nulls around at most 13 fields, and the 16 bytes a JSON
+#: string's last store may run past it (_cp_str): under 400 bytes in all.
 DEF LINE_FIXED_MAX = 1024
 
 cdef bytes _NULL = b"null"
@@ -1820,25 +1860,15 @@ cdef inline char* _cp_hex(char* q, unsigned long long v) noexcept:
     return q + 20 - i
 
 
-cdef inline char* _cp_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e) noexcept:
+cdef inline char* _cp_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e,
+                         Py_ssize_t limit) noexcept:
     """A JSON string of printable ASCII p[a:e] (null when a < 0) to q, which has room
-    for 2 * (e - a) + 4 bytes; returns the end."""
-    cdef Py_ssize_t i
-    cdef unsigned char c
+    for 2 * (e - a) + 4 bytes and 16 more (see sg_json_str); p[:limit] may be read.
+    Returns the end."""
     if a < 0:
         memcpy(q, b"null", 4)
         return q + 4
-    q[0] = 34
-    q += 1
-    for i in range(a, e):
-        c = p[i]
-        if c == 34 or c == 92:
-            q[0] = 92
-            q += 1
-        q[0] = <char> c
-        q += 1
-    q[0] = 34
-    return q + 1
+    return sg_json_str(q, p, a, e, limit)
 
 
 cdef inline char* _cp_raw(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e) noexcept:
@@ -2151,6 +2181,7 @@ cdef class Engine:
                     + 2 * (_span(f.ori_a, f.ori_b) + _span(f.ctl_a, f.ctl_b) + _span(f.mke_a, f.mke_b))
                     + 32)
         need += PyBytes_GET_SIZE(rule) + PyBytes_GET_SIZE(rid) + 20 + 4 + self.framer.tlen
+        need += 16  # what a JSON string's last store may run past it (_cp_str)
         if out.len + need > out.cap:
             _grow(out, need)
         start = out.len
@@ -2176,11 +2207,11 @@ cdef class Engine:
             q = _cp(q, why)
         else:
             q = _cp(q, m.rp_json_head)
-            q = _cp_str(q, p, f.ori_a, f.ori_b) if f.ori_a >= 0 else _cp(q, b'""')
+            q = _cp_str(q, p, f.ori_a, f.ori_b, n) if f.ori_a >= 0 else _cp(q, b'""')
             q = _cp(q, b'],"ctl":')
-            q = _cp_str(q, p, f.ctl_a, f.ctl_b)
+            q = _cp_str(q, p, f.ctl_a, f.ctl_b, n)
             q = _cp(q, m.rp_json_body)
-            q = _cp_str(q, p, f.mke_a, f.mke_b) if f.mke_a >= 0 else _cp(q, b'""')
+            q = _cp_str(q, p, f.mke_a, f.mke_b, n) if f.mke_a >= 0 else _cp(q, b'""')
             q = _cp(q, rule)
             q = _cp(q, rid)
             q[0] = 45  # -
@@ -2297,28 +2328,28 @@ cdef class Engine:
         q = self._head_to(out.data + out.len, head, dec, seq)
         q = _cp(q, <bytes> _FMT_JSON[f.fmt])
         q = _cp(q, b',"mke":')
-        q = _cp_str(q, p, f.mke_a, f.mke_b)
+        q = _cp_str(q, p, f.mke_a, f.mke_b, size)
         q = _cp(q, b',"ori":')
-        q = _cp_str(q, p, f.ori_a, f.ori_b)
+        q = _cp_str(q, p, f.ori_a, f.ori_b, size)
         q = _cp(q, b',"dst":[')
         for i in range(f.ndst):
             if i:
                 q[0] = 44  # ,
                 q += 1
-            q = _cp_str(q, p, f.dst_a[i], f.dst_b[i])
+            q = _cp_str(q, p, f.dst_a[i], f.dst_b[i], size)
         q = _cp(q, b'],"ctl":')
-        q = _cp_str(q, p, f.ctl_a, f.ctl_b)
+        q = _cp_str(q, p, f.ctl_a, f.ctl_b, size)
         q = _cp(q, b',"pur":')
-        q = _cp_str(q, p, f.code_a[0], f.code_b[0])
+        q = _cp_str(q, p, f.code_a[0], f.code_b[0], size)
         q = _cp(q, b',"rsn":')
-        q = _cp_str(q, p, f.code_a[1], f.code_b[1])
+        q = _cp_str(q, p, f.code_a[1], f.code_b[1], size)
         q = _cp(q, b',"atn":')
-        q = _cp_str(q, p, f.code_a[2], f.code_b[2])
+        q = _cp_str(q, p, f.code_a[2], f.code_b[2], size)
         q = _cp(q, b',"imq":true,"agency":' if f.imq else b',"imq":false,"agency":')
         if self.dir_code == DIR_IN:
-            q = _cp_str(q, p, f.ori_a, f.ori_b)
+            q = _cp_str(q, p, f.ori_a, f.ori_b, size)
         else:
-            q = _cp_str(q, p, f.dst_a[0], f.dst_b[0])
+            q = _cp_str(q, p, f.dst_a[0], f.dst_b[0], size)
         q = _cp(q, b',"groups":')
         q = _cp(q, groups)
         q = _cp(q, _ACTION_DENY if act == ACT_DENY else _ACTION_ALLOW)
