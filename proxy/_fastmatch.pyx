@@ -65,6 +65,36 @@ cdef extern from *:
         }
         return n;
     }
+    /* The index of the first c in p[i:n], n if none; p[0:n] may be read.  The fast
+       paths look for a byte a few dozen bytes ahead at most, where a call to memchr
+       costs more than the looking: sixteen bytes at a time, the last sixteen of
+       p[:n] once (those before i masked off), a byte loop only when n < 16. */
+    static inline Py_ssize_t sg_next_byte(const unsigned char* p, Py_ssize_t i,
+                                          Py_ssize_t n, unsigned char c) {
+    #if defined(__SSE2__)
+        if (n >= 16) {
+            const __m128i vc = _mm_set1_epi8((char) c);
+            int bits;
+            while (i + 16 <= n) {
+                bits = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*) (p + i)), vc));
+                if (bits)
+                    return i + __builtin_ctz(bits);
+                i += 16;
+            }
+            if (i < n) {
+                bits = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*) (p + n - 16)), vc));
+                bits >>= 16 - (n - i);  /* bit 0 is now p[i] */
+                if (bits)
+                    return i + __builtin_ctz(bits);
+            }
+            return n;
+        }
+    #endif
+        for (; i < n; i++)
+            if (p[i] == c)
+                return i;
+        return n;
+    }
     /* The end of a run of XML name characters (A-Z a-z 0-9 _ . - and ':') from i. */
     static inline Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) {
     #if defined(__SSE2__)
@@ -152,6 +182,8 @@ cdef extern from *:
     char* sg_json_str(char* q, const unsigned char* p, Py_ssize_t a, Py_ssize_t e,
                       Py_ssize_t limit) noexcept nogil
     void sg_copy(char* q, const char* s, size_t n) noexcept nogil
+    Py_ssize_t sg_next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                            unsigned char c) noexcept nogil
     int sg_ctz64(unsigned long long x)
     Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
     Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
@@ -212,9 +244,8 @@ def xml_body_names(fields):
 
 cdef inline Py_ssize_t _next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                   unsigned char c) noexcept nogil:
-    """The index of the next c from i, or n."""
-    cdef const unsigned char* q = <const unsigned char*> memchr(p + i, c, n - i) if i < n else NULL
-    return (q - p) if q != NULL else n
+    """The index of the next c from i, or n; p[0:n] may be read."""
+    return sg_next_byte(p, i, n, c)
 
 cdef inline Py_ssize_t _next_lt(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """The index of the next '<' from i, or n."""
@@ -237,8 +268,14 @@ cdef inline Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t
 cdef inline bint _upper(unsigned char c) noexcept nogil:
     return 65 <= c <= 90
 
+#: A party character's base-37 digit: A-Z 1-26, 0-9 27-36, anything else 0.
+cdef unsigned char[256] _B37
+for _c in range(256):
+    _B37[_c] = (_c - 64 if 65 <= _c <= 90 else _c - 48 + 27 if 48 <= _c <= 57 else 0)
+
 cdef inline bint _alnum(unsigned char c) noexcept nogil:
-    return (65 <= c <= 90) or (48 <= c <= 57)
+    """A-Z or 0-9."""
+    return _B37[c] != 0
 
 cdef bint _is_ori(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """p[a:b] is an originating ORI: 9 characters of A-Z 0-9, the first two letters."""
@@ -281,21 +318,20 @@ cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogi
 
 cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
                          Py_ssize_t* el_a, Py_ssize_t* el_b) noexcept nogil:
-    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b].
+    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b]
+    (p[0:b] may be read).
 
     The reference splits the line into period-separated parts, strips each of spaces
     and reads ``XXX/value`` from a part's start.  Stepping from slash to slash finds
     the same: an element's slash has its three letters right after the part's start
     (a period or the line's start, then only spaces), and is then the part's first.
     """
-    cdef const unsigned char* q
     cdef Py_ssize_t i = a, slash, s, k, e
     cdef int which
     while i < b:
-        q = <const unsigned char*> memchr(p + i, 47, b - i)  # '/'
-        if q == NULL:
+        slash = _next_byte(p, i, b, 47)  # '/'
+        if slash == b:
             return
-        slash = q - p
         i = slash + 1
         s = slash - 3
         if s < a:
@@ -317,8 +353,7 @@ cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
             k -= 1
         if k >= a and p[k] != 46:  # not at a part's start
             continue
-        q = <const unsigned char*> memchr(p + i, 46, b - i)  # the part ends at a '.'
-        e = (q - p) if q != NULL else b
+        e = _next_byte(p, i, b, 46)  # the part ends at a '.'
         while e > i and p[e - 1] == 32:
             e -= 1
         el_a[which] = i
@@ -731,17 +766,14 @@ cdef enum:
 cdef inline uint64_t _party_key(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """Base-37 packing of up to 9 characters of A-Z 0-9 (never 0); 0 if not packable."""
     cdef uint64_t k = 0
-    cdef unsigned char c
+    cdef unsigned char t
     if b - a < 1 or b - a > 9:
         return 0
     while a < b:
-        c = p[a]
-        if 65 <= c <= 90:
-            k = k * 37 + (c - 64)
-        elif 48 <= c <= 57:
-            k = k * 37 + (c - 48 + 27)
-        else:
+        t = _B37[p[a]]
+        if t == 0:
             return 0
+        k = k * 37 + t
         a += 1
     return k
 
@@ -1197,8 +1229,7 @@ cdef Py_ssize_t _line(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
                       Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
     """The line starting at pos, stripped of spaces and CR, as [a, b); returns the
     index of its LF (or n)."""
-    cdef const unsigned char* lf = <const unsigned char*> memchr(p + pos, 10, n - pos) if pos < n else NULL
-    cdef Py_ssize_t e = (lf - p) if lf != NULL else n
+    cdef Py_ssize_t e = _next_byte(p, pos, n, 10)
     a[0] = pos
     b[0] = e
     while a[0] < b[0] and (p[a[0]] == 32 or p[a[0]] == 13):
@@ -1378,15 +1409,13 @@ cdef inline Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n
     """The end of the name at p[i] (at most one colon, both parts proper names), or -1.
     colon: the colon's index, or -1."""
     cdef Py_ssize_t e, c
-    cdef const unsigned char* q
     colon[0] = -1
     if i >= n or not _name_start(p[i]):
         return -1
     e = sg_name_end(p, i + 1, n)  # name characters and colons; then the colon rules
-    q = <const unsigned char*> memchr(p + i, 58, e - i)
-    if q != NULL:
-        c = q - p
-        if c + 1 >= e or not _name_start(p[c + 1]) or memchr(p + c + 1, 58, e - c - 1) != NULL:
+    c = _next_byte(p, i, e, 58)
+    if c < e:
+        if c + 1 >= e or not _name_start(p[c + 1]) or _next_byte(p, c + 1, e, 58) < e:
             return -1
         colon[0] = c
     return e
@@ -1531,7 +1560,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             k += 1
             text_a = k
             k = _next_byte(p, k, n, q)
-            if k >= n or memchr(p + text_a, 60, k - text_a) != NULL:  # no '<' in a value
+            if k >= n or _next_byte(p, text_a, k, 60) < k:  # no '<' in a value
                 return False
             text_b = k
             if acolon >= 0:
