@@ -22,6 +22,27 @@ def machine() -> str:
     return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}"
 
 
+def cpu_jiffies() -> dict[str, int]:
+    """The machine's CPU time so far by kind, all CPUs (/proc/stat's first line), in
+    clock ticks; empty where there is no /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return {}
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return dict(zip(names, map(int, fields)))
+
+
+def steal_share(before: dict[str, int], after: dict[str, int]) -> float:
+    """Of the CPU time between two :func:`cpu_jiffies` readings, the share the
+    hypervisor gave to other guests while this one had work (``steal``): time a
+    process here was ready and no real CPU ran it."""
+    if not before or not after:
+        return float("nan")
+    total = sum(after.values()) - sum(before.values())
+    return (after["steal"] - before["steal"]) / total if total else 0.0
+
+
 def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(runs):

@@ -49,13 +49,23 @@ from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import cpu_jiffies, machine, steal_share  # noqa: E402
 
 from proxy._framing import frame  # noqa: E402
 
 HERE = Path(__file__).resolve()
 HAPROXY = "haproxy (tcp mode)"
 TRIO_RELAY = "trio relay"
+
+#: ``--pin``: the CPUs the paths under test run on, and those of the harness (the
+#: switch, the load generator, this orchestrator); empty: the scheduler's choice.
+PATH_CPUS: set[int] = set()
+HARNESS_CPUS: set[int] = set()
+
+
+def _pinned(cpus: set[int]):  # noqa: ANN202 - a preexec_fn or None
+    """A ``preexec_fn`` that confines the child (and the threads it starts) to ``cpus``."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
 # ------------------------------------------------------------------- traffic
@@ -338,7 +348,7 @@ def start_haproxy(switch_port: int, workdir: Path) -> tuple[subprocess.Popen, in
         f"backend b\n  server s1 127.0.0.1:{switch_port}\n"
     )
     proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, preexec_fn=_pinned(PATH_CPUS))  # fmt: skip
     wait_port(port, proc, HAPROXY)
     return proc, port
 
@@ -347,7 +357,8 @@ def start_trio_relay(switch_port: int) -> tuple[subprocess.Popen, int]:
     """bench/_relay.py: stategate's I/O layer (trio, one upstream connection per
     client) with none of its work, so a run shows what trio itself costs."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE.parent / "_relay.py"), str(port), str(switch_port)])
+    proc = subprocess.Popen([sys.executable, str(HERE.parent / "_relay.py"), str(port), str(switch_port)],
+                            preexec_fn=_pinned(PATH_CPUS))  # fmt: skip
     wait_port(port, proc, TRIO_RELAY)
     return proc, port
 
@@ -367,7 +378,8 @@ def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None) -
     )
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(config)],
-                            stderr=subprocess.DEVNULL, cwd=tree, env=env)  # fmt: skip
+                            stderr=subprocess.DEVNULL, cwd=tree, env=env,
+                            preexec_fn=_pinned(PATH_CPUS))  # fmt: skip
     wait_port(port, proc, "stategate")
     return proc, port
 
@@ -432,16 +444,27 @@ def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     seconds = float(kw.get("seconds", args.seconds))
-    out = subprocess.run(cmd, capture_output=True, check=True, timeout=seconds + 300).stdout
+    out = subprocess.run(cmd, capture_output=True, check=True, timeout=seconds + 300,
+                         preexec_fn=_pinned(HARNESS_CPUS)).stdout  # fmt: skip
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
 def orchestrate(args: argparse.Namespace) -> int:
     print(machine(), flush=True)
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least two CPUs")
+        PATH_CPUS.add(cpus[-1])
+        HARNESS_CPUS.update(cpus[:-1])
+        os.sched_setaffinity(0, HARNESS_CPUS)
+        print(f"pinned: the paths under test on CPU {cpus[-1]}, the switch, load generator and "
+              f"orchestrator on CPU {', '.join(map(str, cpus[:-1]))}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         switch = subprocess.Popen([sys.executable, str(HERE), "--role", "switch", "--seed", str(args.seed),
-                                   "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
+                                   "--pool", str(args.pool)], stdout=subprocess.PIPE,
+                                  preexec_fn=_pinned(HARNESS_CPUS))  # fmt: skip
         procs = [switch]
         try:
             switch_port = int(switch.stdout.readline())
@@ -459,35 +482,36 @@ def orchestrate(args: argparse.Namespace) -> int:
             print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed; fsync after seals, "
                   f"in the background); baseline: {base_name}")  # fmt: skip
 
-            print(f"\nthroughput, {args.connections} connections, {args.seconds:g} s of sending, "
-                  "median of the runs:")  # fmt: skip
-            results: dict[str, list[dict]] = {name: [] for name in paths}
-            cpu_per_message: list[float] = []
-            decided_per_s: list[float] = []
-            for _ in range(args.runs):
-                for name, port in paths.items():  # interleaved, so noise hits all alike
-                    if name == "stategate":
-                        r = stategate_throughput(args, port, sg.pid, workdir)
-                        cpu_per_message.append(r["cpu_seconds"] / r["decided"])
-                        decided_per_s.append(r["decided"] / r["seconds"])
-                    else:
-                        r = load(args, port, connections=args.connections, seconds=args.seconds)
-                    results[name].append(r)
-            med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
-            for name, rs in results.items():
-                runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
-                print(f"  {name:<36}{med[name]:>12,.0f} queries/s  (runs: {runs}; "
-                      f"replies in last run {rs[-1]['replies']:,})")
-            print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}"
-                  + (f"  (stategate / trio relay: {med['stategate'] / med[TRIO_RELAY]:.3f})"
-                     if base_name != TRIO_RELAY else ""))  # fmt: skip
-            runs = ", ".join(f"{x:,.0f}" for x in decided_per_s)
-            print(f"  stategate messages decided and logged (queries in, responses out; from the log's seq): "
-                  f"{statistics.median(decided_per_s):,.0f}/s  (runs: {runs})")
-            us = statistics.median(cpu_per_message) * 1e6
-            print(f"  stategate CPU per message decided (user+system): {us:.2f} us, "
-                  f"so {1e6 / us:,.0f} messages/s on one core at most")
-            print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
+            if args.runs:  # --runs 0: latency (and what follows) only
+                print(f"\nthroughput, {args.connections} connections, {args.seconds:g} s of sending, "
+                      "median of the runs:")  # fmt: skip
+                results: dict[str, list[dict]] = {name: [] for name in paths}
+                cpu_per_message: list[float] = []
+                decided_per_s: list[float] = []
+                for _ in range(args.runs):
+                    for name, port in paths.items():  # interleaved, so noise hits all alike
+                        if name == "stategate":
+                            r = stategate_throughput(args, port, sg.pid, workdir)
+                            cpu_per_message.append(r["cpu_seconds"] / r["decided"])
+                            decided_per_s.append(r["decided"] / r["seconds"])
+                        else:
+                            r = load(args, port, connections=args.connections, seconds=args.seconds)
+                        results[name].append(r)
+                med = {n: statistics.median(r["queries_per_s"] for r in rs) for n, rs in results.items()}
+                for name, rs in results.items():
+                    runs = ", ".join(f"{r['queries_per_s']:,.0f}" for r in rs)
+                    print(f"  {name:<36}{med[name]:>12,.0f} queries/s  (runs: {runs}; "
+                          f"replies in last run {rs[-1]['replies']:,})")
+                print(f"  stategate / baseline: {med['stategate'] / med[base_name]:.3f}"
+                      + (f"  (stategate / trio relay: {med['stategate'] / med[TRIO_RELAY]:.3f})"
+                         if base_name != TRIO_RELAY else ""))  # fmt: skip
+                runs = ", ".join(f"{x:,.0f}" for x in decided_per_s)
+                print(f"  stategate messages decided and logged (queries in, responses out; from the log's seq): "
+                      f"{statistics.median(decided_per_s):,.0f}/s  (runs: {runs})")
+                us = statistics.median(cpu_per_message) * 1e6
+                print(f"  stategate CPU per message decided (user+system): {us:.2f} us, "
+                      f"so {1e6 / us:,.0f} messages/s on one core at most")
+                print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             print("\nlatency (round trip, microseconds) at fixed offered rates, one connection, "
                   f"median of {args.latency_runs} run(s); added: the median of each run's difference:")
@@ -497,7 +521,9 @@ def orchestrate(args: argparse.Namespace) -> int:
                 lat: dict[str, list[dict]] = {name: [] for name in paths}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():  # interleaved
-                        lat[name].append(load(args, port, rate=rate, seconds=args.latency_seconds))
+                        before = cpu_jiffies()
+                        r = load(args, port, rate=rate, seconds=args.latency_seconds)
+                        lat[name].append({**r, "steal": steal_share(before, cpu_jiffies())})
                 for name, rs in lat.items():
                     p50, p99, p999 = (statistics.median(r[k] for r in rs) for k in keys)
                     answered = f"{sum(r['answered'] for r in rs):,}/{sum(r['sent'] for r in rs):,}"
@@ -506,6 +532,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                     added = [statistics.median(s[k] - d[k] for s, d in zip(lat["stategate"], lat[over]))
                              for k in keys]  # fmt: skip
                     print(f"  {rate:>8,}  {label:<36}" + "".join(f"{x:>9.0f}" for x in added))
+                steal = ", ".join(f"{name} {100 * max(r['steal'] for r in rs):.1f}%" for name, rs in lat.items())
+                print(f"  {rate:>8,}  CPU time stolen by the hypervisor, worst run of each path: {steal}")
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             if args.serial:
@@ -565,11 +593,13 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=20_000, help="distinct queries in the load")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8.0, help="sending time of each throughput run")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="throughput runs (0: none)")
     ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 100000])
     ap.add_argument("--latency-seconds", type=float, default=5.0)
     ap.add_argument("--latency-runs", type=int, default=3, help="runs at each rate (medians)")
     ap.add_argument("--serial", type=int, default=2000, help="serial round trips a run (0: none)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the paths under test on the last CPU, the harness on the others")
     ap.add_argument("--rss-minutes", type=float, default=0.0)
     ap.add_argument("--rss-rate", type=int, default=10000)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -3,6 +3,7 @@ each runs end to end, at a tiny size, and prints the figures it exists to report
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,20 @@ def test_e2e_smoke():
     assert 0 < us < 1000  # a real reading of the proxy's CPU time, per message
     assert "stategate peak RSS (VmHWM):" in out
     assert "1,000/1,000" in out  # every query at the fixed rate was answered, on every path
+    assert "CPU time stolen by the hypervisor" in out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_e2e_latency_only_pinned():
+    """--runs 0 skips the throughput runs; --pin puts the paths on one CPU and the
+    harness on the others, and the paths still answer every query."""
+    out = bench(str(BENCH / "e2e.py"), "--runs", "0", "--pin", "--rates", "1000", "--latency-seconds", "1",
+                "--latency-runs", "1", "--serial", "0", "--pool", "2000")  # fmt: skip
+    assert "pinned: the paths under test on CPU" in out
+    assert "throughput," not in out and "stategate / baseline" not in out
+    rows = [line for line in out.splitlines() if line.strip().startswith("1,000") and "/" in line]
+    assert len(rows) >= 3 and all(row.endswith("1,000/1,000") for row in rows)  # each path answered all
+    assert "added by stategate" in out and "stategate peak RSS (VmHWM):" in out
 
 
 def test_ab_smoke():
