@@ -2,9 +2,11 @@
 copied both ways unchanged: stategate's I/O layer doing none of its work, so the e2e
 benchmark shows what trio itself costs.
 
-It sends as stategate's pump does (``proxy._server.send_decided``): straight to the
-socket while it takes the bytes (``proxy._server.write_now``), through ``send_all`` for
-the rest.  Each direction has one sender here, so no lock is needed.
+It receives and sends as stategate's pump does: chunks of the same size, waiting for
+the socket before reading it unless the last read filled the buffer
+(``proxy._server.receive_chunk``), and sending straight to the socket while it takes
+the bytes (``proxy._server.write_now``, as ``send_decided`` does), through
+``send_all`` for the rest.  Each direction has one sender here, so no lock is needed.
 
     python bench/_relay.py LISTEN_PORT UPSTREAM_PORT
 """
@@ -15,12 +17,14 @@ import sys
 
 import trio
 
-from proxy._server import write_now
+from proxy._server import RECEIVE_SIZE, receive_chunk, write_now
 
 
 async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+    full = False
     try:
-        while data := await src.receive_some(1 << 18):
+        while data := await receive_chunk(src, RECEIVE_SIZE, full):
+            full = len(data) == RECEIVE_SIZE
             sent = write_now(dst, data)
             if sent < len(data):
                 await dst.send_all(memoryview(data)[sent:])

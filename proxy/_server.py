@@ -368,10 +368,12 @@ class Proxy:
 
     async def _pump(self, src, engine, dst, dst_lock, src_lock, state: _Conn) -> None:
         log = self.log
+        full = False  # the last receive filled the buffer: more is likely waiting
         while True:
-            data = await src.receive_some(RECEIVE_SIZE)
+            data = await receive_chunk(src, RECEIVE_SIZE, full)
             if not data:
                 return
+            full = len(data) == RECEIVE_SIZE
             start = trio.current_time()
             state.last_activity = start
             batch = engine.feed(data, self.matcher, utc_timestamp())
@@ -422,7 +424,7 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
     all: trio's lock, cancel scope and ``send_all`` each pass through its scheduler even
     when nothing blocks, and for a chunk of one message those passes cost more than
     deciding it (bench/README.md).  Whatever the socket does not take goes the general
-    way.  The pump's next ``receive_some`` is still a schedule point every chunk, so
+    way.  The pump's next receive (``receive_chunk``) is still a schedule point every chunk, so
     other connections get their turn and a close is seen.
     """
     if not lock.locked() and state.send_deadline == math.inf:
@@ -436,6 +438,35 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
         finally:
             lock.release()
     return await _send_shielded(state, stream, data, lock)
+
+
+async def receive_chunk(stream: trio.abc.Stream, size: int, more_waiting: bool) -> bytes:
+    """``stream.receive_some(size)``; on plain TCP, when ``more_waiting`` is false,
+    the socket is waited on first and read once it is readable.
+
+    trio's ``receive_some`` tries a read first and waits only if it fails: the right
+    order when data is waiting (a full load, where the last read filled the buffer),
+    but at a modest rate the pump has nearly always caught up, and that first read
+    fails every chunk, costing a system call and an exception for nothing
+    (bench/README.md).  Waiting is a schedule point either way, and a close by
+    another task wakes the wait with ``ClosedResourceError`` as trio's own would.
+    """
+    if more_waiting or type(stream) is not trio.SocketStream:
+        return await stream.receive_some(size)
+    sock = stream.socket
+    while True:
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("the socket was already closed")
+        await trio.lowlevel.wait_readable(sock)
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was already closed")
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            continue  # woken with nothing to read after all: wait again
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 def write_now(stream: trio.abc.Stream, data: bytes) -> int:

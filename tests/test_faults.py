@@ -7,6 +7,7 @@ import os
 import random
 from functools import partial
 
+import pytest
 import trio
 from proxy._fastmatch import Matcher
 
@@ -378,3 +379,67 @@ async def test_a_pair_closing_gives_a_stuck_send_its_grace_not_forever(tmp_path)
                 while h.proxy.open_connections:
                     await trio.sleep(0.05)
             assert any("closed before a send" in w for w in warnings)
+
+
+@contextlib.asynccontextmanager
+async def tcp_pair():
+    """Two ends of one loopback TCP connection, as trio SocketStreams."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        port = listeners[0].socket.getsockname()[1]
+        near = await trio.open_tcp_stream("127.0.0.1", port)
+        far = await listeners[0].accept()
+    async with near, far:
+        yield near, far
+
+
+async def test_the_pumps_receive_reads_waits_and_fails_as_trios_does():
+    """receive_chunk (the pump's receive: wait first, then read, when the last read did
+    not fill the buffer) gives what arrived, b"" at EOF, ClosedResourceError when
+    another task closes the stream it waits on, BrokenResourceError on a reset."""
+    import socket
+    import struct
+
+    from proxy._server import receive_chunk
+
+    for more_waiting in (False, True):
+        async with tcp_pair() as (near, far):
+            with trio.fail_after(5):
+                got = []
+
+                async def receives() -> None:
+                    got.append(await receive_chunk(near, 1024, more_waiting))
+
+                async with trio.open_nursery() as n:  # waiting before anything arrives
+                    n.start_soon(receives)
+                    await trio.sleep(0.05)
+                    await far.send_all(b"first")
+                assert got == [b"first"]
+                await far.send_all(b"x" * 3000)
+                await trio.sleep(0.05)
+                assert await receive_chunk(near, 1024, more_waiting) == b"x" * 1024  # at most size
+                await far.send_eof()
+                rest = b""
+                while chunk := await receive_chunk(near, 1024, more_waiting):
+                    rest += chunk
+                assert rest == b"x" * 1976
+
+    async with tcp_pair() as (near, far):
+        with trio.fail_after(5):
+            async with trio.open_nursery() as n:
+                async def closes_it() -> None:
+                    await trio.sleep(0.05)
+                    await near.aclose()
+
+                n.start_soon(closes_it)
+                with pytest.raises(trio.ClosedResourceError):
+                    await receive_chunk(near, 1024, False)
+            with pytest.raises(trio.ClosedResourceError):  # and once closed, at once
+                await receive_chunk(near, 1024, False)
+
+    async with tcp_pair() as (near, far):
+        with trio.fail_after(5):
+            far.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await far.aclose()  # an abortive close: the peer sees a reset
+            with pytest.raises(trio.BrokenResourceError):
+                await receive_chunk(near, 1024, False)
