@@ -6,6 +6,8 @@ relay (stategate's I/O layer doing none of its work), all in one run.
     python bench/e2e.py                       # the full run (about six minutes)
     python bench/e2e.py --seconds 2 --rates 1000 --latency-seconds 2   # a smoke run
     python bench/e2e.py --rss-minutes 10      # and RSS sampled over ten minutes
+    python bench/e2e.py --runs 0 --rates 10000 --latency-runs 5   # latency only
+    python bench/e2e.py --pin                 # the paths on one CPU, the harness on the rest
 
 It reports, for each path (direct to the switch, HAProxy, the trio relay, stategate):
 
@@ -20,7 +22,9 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
   a second), `--latency-runs` runs each, interleaved: the median p50, p99, p99.9, and
   the latency stategate adds, the median over runs of its percentile minus the direct
   path's in the same run, and likewise over the trio relay's (what its work adds to
-  trio's own);
+  trio's own), and the share of CPU time the hypervisor stole in each path's worst
+  run (/proc/stat): time a ready process here waited for a real CPU, one part of a
+  virtual machine's latency tail that no path under test controls;
 * serial round trips (`--serial` of them, one query in flight): the round trip, and the
   CPU time stategate and the trio relay spend on each (two chunks of one message), the
   fixed cost per chunk that latency at low rates is made of;
@@ -46,6 +50,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +68,7 @@ PATH_CPUS: set[int] = set()
 HARNESS_CPUS: set[int] = set()
 
 
-def _pinned(cpus: set[int]):  # noqa: ANN202 - a preexec_fn or None
+def _pinned(cpus: set[int]) -> Callable[[], None] | None:
     """A ``preexec_fn`` that confines the child (and the threads it starts) to ``cpus``."""
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
