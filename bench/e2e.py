@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -368,9 +369,11 @@ def start_trio_relay(switch_port: int) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None) -> tuple[subprocess.Popen, int]:
+def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None,
+                    admin_port: int = 0) -> tuple[subprocess.Popen, int]:  # fmt: skip
     """``stategate run`` logging into workdir; from the source tree ``tree`` (its
-    extensions built in place) instead of the installed package, if given."""
+    extensions built in place) instead of the installed package, if given; its admin
+    endpoint on ``admin_port`` (0: any)."""
     from proxy._demo import EXAMPLE_POLICY
 
     port = free_port()
@@ -379,7 +382,7 @@ def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None) -
     config.write_text(
         f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "127.0.0.1:{switch_port}"\n'
         f'[log]\npath = "{workdir}/decisions.jsonl"\n'  # seals with fsync: the defaults
-        '[admin]\nlisten = "127.0.0.1:0"\n[policy]' + policy
+        f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n[policy]' + policy
     )
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(config)],
@@ -387,6 +390,22 @@ def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None) -
                             preexec_fn=_pinned(PATH_CPUS))  # fmt: skip
     wait_port(port, proc, "stategate")
     return proc, port
+
+
+#: The bounds, in seconds, of stategate's own chunk times that a latency run reports.
+CHUNK_BOUNDS = ("0.00025", "0.0005")
+
+
+def chunk_times(admin_port: int) -> dict[str, float]:
+    """stategate's histogram of a chunk's time in the proxy, from its arrival to its
+    decisions logged and its messages forwarded (``stategate_decision_latency_seconds``
+    on /metrics): the count at or under each bucket bound, ``+Inf`` the total."""
+    url = f"http://127.0.0.1:{admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read().decode()
+    prefix = 'stategate_decision_latency_seconds_bucket{le="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines() if line.startswith(prefix)}  # fmt: skip
 
 
 def rss_kib(pid: int, field: str = "VmHWM") -> int:
@@ -481,7 +500,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             relay, paths[TRIO_RELAY] = start_trio_relay(switch_port)
             procs.append(relay)
             base_name = HAPROXY if haproxy is not None else TRIO_RELAY
-            sg, sg_port = start_stategate(switch_port, workdir)
+            admin_port = free_port()
+            sg, sg_port = start_stategate(switch_port, workdir, admin_port=admin_port)
+            pids = {"stategate": sg.pid, TRIO_RELAY: relay.pid}
             procs.append(sg)
             paths["stategate"] = sg_port
             print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed; fsync after seals, "
@@ -526,9 +547,18 @@ def orchestrate(args: argparse.Namespace) -> int:
                 lat: dict[str, list[dict]] = {name: [] for name in paths}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():  # interleaved
-                        before = cpu_jiffies()
+                        before, cpu0 = cpu_jiffies(), cpu_seconds(pids[name]) if name in pids else 0.0
+                        chunks0 = chunk_times(admin_port) if name == "stategate" else {}
                         r = load(args, port, rate=rate, seconds=args.latency_seconds)
-                        lat[name].append({**r, "steal": steal_share(before, cpu_jiffies())})
+                        r["steal"] = steal_share(before, cpu_jiffies())
+                        if name in pids:
+                            r["cpu_us_per_query"] = (cpu_seconds(pids[name]) - cpu0) / r["sent"] * 1e6
+                        if chunks0:
+                            chunks = {k: v - chunks0.get(k, 0.0) for k, v in chunk_times(admin_port).items()}
+                            r["chunks"] = chunks["+Inf"]
+                            for bound in CHUNK_BOUNDS:  # the share of chunks over each bound
+                                r[bound] = 1 - chunks[bound] / chunks["+Inf"] if chunks["+Inf"] else 0.0
+                        lat[name].append(r)
                 for name, rs in lat.items():
                     p50, p99, p999 = (statistics.median(r[k] for r in rs) for k in keys)
                     answered = f"{sum(r['answered'] for r in rs):,}/{sum(r['sent'] for r in rs):,}"
@@ -539,6 +569,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                     print(f"  {rate:>8,}  {label:<36}" + "".join(f"{x:>9.0f}" for x in added))
                 steal = ", ".join(f"{name} {100 * max(r['steal'] for r in rs):.1f}%" for name, rs in lat.items())
                 print(f"  {rate:>8,}  CPU time stolen by the hypervisor, worst run of each path: {steal}")
+                cpu = ", ".join(f"{name} {statistics.median(r['cpu_us_per_query'] for r in lat[name]):.1f} us"
+                                for name in pids)  # fmt: skip
+                print(f"  {rate:>8,}  CPU a query (median): {cpu}")
+                sg_runs = lat["stategate"]
+                over = ", ".join(f"over {float(b) * 1e6:.0f} us {100 * min(r[b] for r in sg_runs):.2f} to "
+                                 f"{100 * max(r[b] for r in sg_runs):.2f}%" for b in CHUNK_BOUNDS)  # fmt: skip
+                print(f"  {rate:>8,}  stategate's own time a chunk (its /metrics; {sum(r['chunks'] for r in sg_runs):,.0f} "
+                      f"chunks), runs' range: {over}")  # fmt: skip
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
             if args.serial:
@@ -546,7 +584,6 @@ def orchestrate(args: argparse.Namespace) -> int:
                       f"median of {args.latency_runs} run(s): the relays' CPU per round trip (two chunks "
                       "of one message each), round trip p50 and p99 in microseconds:")  # fmt: skip
                 serial: dict[str, list[tuple[dict, float | None]]] = {name: [] for name in paths}
-                pids = {"stategate": sg.pid, TRIO_RELAY: relay.pid}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():
                         cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0

@@ -4,6 +4,7 @@ each runs end to end, at a tiny size, and prints the figures it exists to report
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ def test_e2e_smoke():
     assert "stategate peak RSS (VmHWM):" in out
     assert "1,000/1,000" in out  # every query at the fixed rate was answered, on every path
     assert "CPU time stolen by the hypervisor" in out
+    cpu = out.split("CPU a query (median): ")[1].split("\n")[0]
+    assert float(cpu.split("stategate ")[1].split(" us")[0]) > 0  # the proxy's CPU, read from /proc
+    chunks = out.split("stategate's own time a chunk (its /metrics; ")[1].split(" chunks")[0]
+    assert int(chunks.replace(",", "")) > 0  # its histogram counted this run's chunks
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
@@ -55,7 +60,7 @@ def test_e2e_latency_only_pinned():
                 "--latency-runs", "1", "--serial", "0", "--pool", "2000")  # fmt: skip
     assert "pinned: the paths under test on CPU" in out
     assert "throughput," not in out and "stategate / baseline" not in out
-    rows = [line for line in out.splitlines() if line.strip().startswith("1,000") and "/" in line]
+    rows = [line for line in out.splitlines() if re.search(r" [\d,]+/[\d,]+$", line)]  # answered/sent
     assert len(rows) >= 3 and all(row.endswith("1,000/1,000") for row in rows)  # each path answered all
     assert "added by stategate" in out and "stategate peak RSS (VmHWM):" in out
 
