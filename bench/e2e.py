@@ -547,13 +547,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                 lat: dict[str, list[dict]] = {name: [] for name in paths}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():  # interleaved
-                        before, cpu0 = cpu_jiffies(), cpu_seconds(pids[name]) if name in pids else 0.0
+                        before = cpu_jiffies()
+                        cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
                         chunks0 = chunk_times(admin_port) if name == "stategate" else {}
                         r = load(args, port, rate=rate, seconds=args.latency_seconds)
                         r["steal"] = steal_share(before, cpu_jiffies())
                         if name in pids:
                             r["cpu_us_per_query"] = (cpu_seconds(pids[name]) - cpu0) / r["sent"] * 1e6
-                        if chunks0:
+                        if name == "stategate":
                             chunks = {k: v - chunks0.get(k, 0.0) for k, v in chunk_times(admin_port).items()}
                             r["chunks"] = chunks["+Inf"]
                             for bound in CHUNK_BOUNDS:  # the share of chunks over each bound

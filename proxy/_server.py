@@ -440,6 +440,14 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
     return await _send_shielded(state, stream, data, lock)
 
 
+def _open_fd(stream: trio.SocketStream) -> int:
+    """The stream's socket descriptor; ClosedResourceError once it is closed."""
+    fd = stream.socket.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("the socket was already closed")
+    return fd
+
+
 async def receive_chunk(stream: trio.abc.Stream, size: int, more_waiting: bool) -> bytes:
     """``stream.receive_some(size)``; on plain TCP, when ``more_waiting`` is false,
     the socket is waited on first and read once it is readable.
@@ -453,14 +461,10 @@ async def receive_chunk(stream: trio.abc.Stream, size: int, more_waiting: bool) 
     """
     if more_waiting or type(stream) is not trio.SocketStream:
         return await stream.receive_some(size)
-    sock = stream.socket
     while True:
-        if sock.fileno() < 0:
-            raise trio.ClosedResourceError("the socket was already closed")
-        await trio.lowlevel.wait_readable(sock)
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket was already closed")
+        fd = _open_fd(stream)
+        # a close during the wait raises ClosedResourceError here (trio notifies waiters)
+        await trio.lowlevel.wait_readable(stream.socket)
         try:
             return os.read(fd, size)
         except BlockingIOError:
@@ -474,11 +478,8 @@ def write_now(stream: trio.abc.Stream, data: bytes) -> int:
     kind of stream (TLS) or a full socket buffer."""
     if type(stream) is not trio.SocketStream:
         return 0
-    fd = stream.socket.fileno()
-    if fd < 0:
-        raise trio.ClosedResourceError("the socket was already closed")
     try:
-        return os.write(fd, data)
+        return os.write(_open_fd(stream), data)
     except BlockingIOError:
         return 0
     except OSError as exc:
