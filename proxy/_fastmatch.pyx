@@ -14,6 +14,7 @@ satisfies.  Deciding a message is then an AND of a few rows and a find-first-set
 plain-Python twin is :func:`proxy._policy.decide`; the tests require the two to agree.
 """
 
+cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport abort, calloc, malloc, free, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
@@ -36,12 +37,55 @@ cdef extern from "Python.h":
 cdef extern from *:
     """
     static inline int sg_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
-    #define SG_KEY_MASK ((1ULL << 47) - 1)
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
     /* The index of the first byte of p[i:n] that is below 0x20, 0x7f or above, or
-       equal to a or b; n if none.  Sixteen bytes at a time where SSE2 is there. */
+       equal to a, b, c or d; n if none.  Sixteen bytes at a time where SSE2 is there,
+       the last sixteen of p[:n] once for the tail (those before i masked off). */
+    static inline Py_ssize_t sg_find_special4(const unsigned char* p, Py_ssize_t i,
+                                              Py_ssize_t n, unsigned char a, unsigned char b,
+                                              unsigned char c, unsigned char d) {
+    #if defined(__SSE2__)
+        if (n >= 16) {
+            const __m128i lo = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
+            const __m128i va = _mm_set1_epi8((char) a), vb = _mm_set1_epi8((char) b);
+            const __m128i vc = _mm_set1_epi8((char) c), vd = _mm_set1_epi8((char) d);
+            int bits;
+            for (;;) {
+                int last = i + 16 > n;
+                __m128i v, m;
+                if (last) {
+                    if (i >= n)
+                        return n;
+                    v = _mm_loadu_si128((const __m128i*) (p + n - 16));
+                } else {
+                    v = _mm_loadu_si128((const __m128i*) (p + i));
+                }
+                /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
+                m = _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, del));
+                m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
+                m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, vc), _mm_cmpeq_epi8(v, vd)));
+                bits = _mm_movemask_epi8(m);
+                if (last) {
+                    bits >>= 16 - (n - i);  /* bit 0 is now p[i] */
+                    return bits ? i + __builtin_ctz(bits) : n;
+                }
+                if (bits)
+                    return i + __builtin_ctz(bits);
+                i += 16;
+            }
+        }
+    #endif
+        for (; i < n; i++) {
+            unsigned char x = p[i];
+            if (x < 0x20 || x >= 0x7f || x == a || x == b || x == c || x == d)
+                return i;
+        }
+        return n;
+    }
+    /* The index of the first byte of p[i:n] that is below 0x20, 0x7f or above, or
+       equal to a or b; n if none. */
     static inline Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i,
                                              Py_ssize_t n, unsigned char a, unsigned char b) {
     #if defined(__SSE2__)
@@ -119,6 +163,185 @@ cdef extern from *:
         }
         return i;
     }
+    /* Bit masks of a text payload p[:n], a bit a byte, 64 bytes a word (word w holds
+       bytes 64w to 64w + 63, bit 0 the first): lf marks LF, stop LF or '.', slash '/',
+       bad every byte that is neither printable ASCII nor LF (CR among them).  Each
+       array has (n + 63) / 64 words; no bit is set at or past n.  The text fast path
+       finds its lines, parts and elements in these instead of scanning bytes again
+       and again. */
+    static inline void sg_text_block(const unsigned char* q, unsigned* lf, unsigned* stop,
+                                     unsigned* slash, unsigned* bad) {
+    #if defined(__SSE2__)
+        __m128i v = _mm_loadu_si128((const __m128i*) q);
+        __m128i l = _mm_cmpeq_epi8(v, _mm_set1_epi8(10));
+        __m128i d = _mm_cmpeq_epi8(v, _mm_set1_epi8('.'));
+        /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
+        __m128i b = _mm_or_si128(_mm_andnot_si128(l, _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))),
+                                 _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+        *lf = (unsigned) _mm_movemask_epi8(l);
+        *stop = (unsigned) _mm_movemask_epi8(_mm_or_si128(l, d));
+        *slash = (unsigned) _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('/')));
+        *bad = (unsigned) _mm_movemask_epi8(b);
+    #else
+        unsigned l = 0, s = 0, sl = 0, b = 0;
+        int t;
+        for (t = 0; t < 16; t++) {
+            unsigned char c = q[t];
+            l |= (unsigned) (c == 10) << t;
+            s |= (unsigned) (c == 10 || c == '.') << t;
+            sl |= (unsigned) (c == '/') << t;
+            b |= (unsigned) ((c < 0x20 && c != 10) || c >= 0x7f) << t;
+        }
+        *lf = l; *stop = s; *slash = sl; *bad = b;
+    #endif
+    }
+    static void sg_text_masks(const unsigned char* p, Py_ssize_t n, uint64_t* lf,
+                              uint64_t* stop, uint64_t* slash, uint64_t* bad) {
+        Py_ssize_t w, i, full = n >> 6;
+        unsigned l[4], s[4], sl[4], b[4];
+        int j;
+        for (w = 0; w < full; w++) {
+            for (j = 0; j < 4; j++)
+                sg_text_block(p + 64 * w + 16 * j, &l[j], &s[j], &sl[j], &b[j]);
+            lf[w] = l[0] | (uint64_t) l[1] << 16 | (uint64_t) l[2] << 32 | (uint64_t) l[3] << 48;
+            stop[w] = s[0] | (uint64_t) s[1] << 16 | (uint64_t) s[2] << 32 | (uint64_t) s[3] << 48;
+            slash[w] = sl[0] | (uint64_t) sl[1] << 16 | (uint64_t) sl[2] << 32 | (uint64_t) sl[3] << 48;
+            bad[w] = b[0] | (uint64_t) b[1] << 16 | (uint64_t) b[2] << 32 | (uint64_t) b[3] << 48;
+        }
+        if (n & 63) {
+            uint64_t L = 0, S = 0, SL = 0, B = 0;
+            for (i = 64 * full, j = 0; i < n; i += 16, j++) {
+                if (i + 16 <= n) {
+                    sg_text_block(p + i, &l[0], &s[0], &sl[0], &b[0]);
+                } else if (n >= 16) {
+                    /* the last sixteen bytes, those before i shifted out */
+                    int shift = (int) (i + 16 - n);
+                    sg_text_block(p + n - 16, &l[0], &s[0], &sl[0], &b[0]);
+                    l[0] >>= shift; s[0] >>= shift; sl[0] >>= shift; b[0] >>= shift;
+                } else {
+                    /* a payload shorter than sixteen bytes, padded with spaces */
+                    unsigned char pad[16];
+                    memset(pad, ' ', 16);
+                    memcpy(pad, p, (size_t) n);
+                    sg_text_block(pad, &l[0], &s[0], &sl[0], &b[0]);
+                }
+                L |= (uint64_t) l[0] << (16 * j);
+                S |= (uint64_t) s[0] << (16 * j);
+                SL |= (uint64_t) sl[0] << (16 * j);
+                B |= (uint64_t) b[0] << (16 * j);
+            }
+            lf[full] = L; stop[full] = S; slash[full] = SL; bad[full] = B;
+        }
+    }
+    /* The first set bit of mask m at or after i and before limit; limit if none.
+       Words past (limit - 1) / 64 are never read. */
+    static inline __attribute__((always_inline)) Py_ssize_t sg_next_bit(const uint64_t* m, Py_ssize_t i,
+                                                                        Py_ssize_t limit) {
+        Py_ssize_t w, last, r;
+        uint64_t x;
+        if (i >= limit)
+            return limit;
+        w = i >> 6;
+        last = (limit - 1) >> 6;
+        x = m[w] & (~0ULL << (i & 63));
+        while (!x) {
+            if (w == last)
+                return limit;
+            x = m[++w];
+        }
+        r = (w << 6) + __builtin_ctzll(x);
+        return r < limit ? r : limit;
+    }
+    /* Eight bytes as one word, in memory order (byte 0 lowest on little-endian). */
+    static inline uint64_t sg_load8(const unsigned char* p) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        return x;
+    }
+    /* Whether all eight bytes of x are A-Z or 0-9: per byte, the top bit is set where
+       m < c < k (exact for every byte value; Bit Twiddling Hacks' hasbetween). */
+    #define SG_ONES 0x0101010101010101ULL
+    #define SG_BETWEEN(x, m, k) ((SG_ONES * (127 + (k)) - ((x) & SG_ONES * 127)) & ~(x) \
+                                 & (((x) & SG_ONES * 127) + SG_ONES * (127 - (m))) & (SG_ONES * 128))
+    static inline int sg_alnum8(uint64_t x) {
+        return (SG_BETWEEN(x, '0' - 1, '9' + 1) | SG_BETWEEN(x, 'A' - 1, 'Z' + 1)) == SG_ONES * 128;
+    }
+    /* The low six bits of each byte of x, packed into 48 bits.  A-Z and 0-9 have
+       distinct, non-zero low six bits, so this is one-to-one on them. */
+    static inline uint64_t sg_pack6(uint64_t x) {
+        x &= 0x3F3F3F3F3F3F3F3FULL;
+        x = (x & 0x003F003F003F003FULL) | ((x & 0x3F003F003F003F00ULL) >> 2);
+        x = (x & 0x00000FFF00000FFFULL) | ((x & 0x0FFF00000FFF0000ULL) >> 4);
+        return (x & 0xFFFFFFULL) | ((x >> 8) & 0xFFFFFF000000ULL);
+    }
+    /* Whether a[:n] and b[:n] are equal: names and prefixes are short, where a call
+       to memcmp costs more than the comparing. */
+    static inline int sg_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) {
+        while (n >= 8) {
+            if (sg_load8(a) != sg_load8(b))
+                return 0;
+            a += 8; b += 8; n -= 8;
+        }
+        while (n > 0) {
+            if (*a++ != *b++)
+                return 0;
+            n--;
+        }
+        return 1;
+    }
+    /* A-Z a-z _: what an XML name (as the fast path reads names) starts with. */
+    static inline int sg_name_start(unsigned char c) {
+        return (unsigned char) ((c | 32) - 'a') < 26 || c == '_';
+    }
+    /* The end of the XML name at p[i] (A-Z a-z _ to start, then those, 0-9, '-' and
+       '.', with at most one colon, which a name start must follow), or -1.
+       colon: the colon's index, or -1. */
+    static inline Py_ssize_t sg_qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                      Py_ssize_t* colon) {
+        Py_ssize_t e, c = -1;
+        *colon = -1;
+        if (i >= n || !sg_name_start(p[i]))
+            return -1;
+        e = sg_name_end(p, i + 1, n);  /* name characters and colons */
+        while (i < e) {
+            if (p[i] == ':') {
+                if (c >= 0)
+                    return -1;
+                c = i;
+            }
+            i++;
+        }
+        if (c >= 0) {
+            if (c + 1 >= e || !sg_name_start(p[c + 1]))
+                return -1;
+            *colon = c;
+        }
+        return e;
+    }
+    /* From i, the first byte of p[:n] that is s1 or s2, where XML character data or an
+       attribute value ends; -1 at a byte the fast path declines on the way (a control
+       but tab and LF, a byte of 0x7f or above, '&', or "]]>"); n if neither comes.
+       Every byte of character data and of attribute values passes through here, which
+       is how the fast path checks them. */
+    static inline Py_ssize_t sg_xml_scan(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                         unsigned char s1, unsigned char s2) {
+        unsigned char c;
+        for (;;) {
+            i = sg_find_special4(p, i, n, s1, s2, '&', ']');
+            if (i >= n)
+                return n;
+            c = p[i];
+            if (c == s1 || c == s2)
+                return i;
+            if (c == ']') {
+                if (i + 2 < n && p[i + 1] == ']' && p[i + 2] == '>')
+                    return -1;
+            } else if (c != 9 && c != 10) {
+                return -1;  /* '&', a control, DEL or a non-ASCII byte */
+            }
+            i++;
+        }
+    }
     /* Copy n bytes, s to q.  A log line is mostly short pieces (a key name, a code,
        a rule id), each of which a call to memcpy costs more than it copies; up to 32
        bytes go as two fixed-size moves that overlap in the middle, which read and write
@@ -184,11 +407,21 @@ cdef extern from *:
     void sg_copy(char* q, const char* s, size_t n) noexcept nogil
     Py_ssize_t sg_next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                             unsigned char c) noexcept nogil
-    int sg_ctz64(unsigned long long x)
+    int sg_ctz64(unsigned long long x) noexcept nogil
     Py_ssize_t sg_name_end(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
     Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                unsigned char a, unsigned char b) noexcept nogil
-    const uint64_t KEY_MASK "SG_KEY_MASK"  # a packed party (see KEY_BITS)
+    void sg_text_masks(const unsigned char* p, Py_ssize_t n, uint64_t* lf, uint64_t* stop,
+                       uint64_t* slash, uint64_t* bad) noexcept nogil
+    Py_ssize_t sg_next_bit(const uint64_t* m, Py_ssize_t i, Py_ssize_t limit) noexcept nogil
+    uint64_t sg_load8(const unsigned char* p) noexcept nogil
+    bint sg_alnum8(uint64_t x) noexcept nogil
+    uint64_t sg_pack6(uint64_t x) noexcept nogil
+    bint sg_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil
+    Py_ssize_t sg_qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                        Py_ssize_t* colon) noexcept nogil
+    Py_ssize_t sg_xml_scan(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                           unsigned char s1, unsigned char s2) noexcept nogil
 
 # Keep per-value mask caches bounded: a hostile stream of distinct ORIs must not grow
 # memory without end.
@@ -247,10 +480,6 @@ cdef inline Py_ssize_t _next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize
     """The index of the next c from i, or n; p[0:n] may be read."""
     return sg_next_byte(p, i, n, c)
 
-cdef inline Py_ssize_t _next_lt(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """The index of the next '<' from i, or n."""
-    return _next_byte(p, i, n, 60)
-
 cdef inline bint _ws(unsigned char c) noexcept nogil:
     """Whitespace the fast paths can meet (they decline CR and other controls)."""
     return c == 32 or c == 9 or c == 10
@@ -277,25 +506,16 @@ cdef inline bint _alnum(unsigned char c) noexcept nogil:
     """A-Z or 0-9."""
     return _B37[c] != 0
 
-cdef bint _is_ori(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+cdef inline bint _is_ori(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """p[a:b] is an originating ORI: 9 characters of A-Z 0-9, the first two letters."""
-    cdef Py_ssize_t i
-    if b - a != 9 or not (_upper(p[a]) and _upper(p[a + 1])):
-        return False
-    for i in range(a + 2, b):
-        if not _alnum(p[i]):
-            return False
-    return True
+    return (b - a == 9 and _upper(p[a]) and _upper(p[a + 1]) and sg_alnum8(sg_load8(p + a))
+            and _alnum(p[a + 8]))
 
-cdef bint _is_dst(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+cdef inline bint _is_dst(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """p[a:b] is 2 or 9 characters of A-Z 0-9."""
-    cdef Py_ssize_t i
-    if b - a != 2 and b - a != 9:
-        return False
-    for i in range(a, b):
-        if not _alnum(p[i]):
-            return False
-    return True
+    if b - a == 2:
+        return _alnum(p[a]) and _alnum(p[a + 1])
+    return b - a == 9 and sg_alnum8(sg_load8(p + a)) and _alnum(p[a + 8])
 
 cdef inline str _ascii(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
     return PyUnicode_DecodeASCII(<const char*> p + a, b - a, NULL)
@@ -314,50 +534,6 @@ cdef bint _yes(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogi
         return ((p[a] | 32) == 116 and (p[a + 1] | 32) == 114 and (p[a + 2] | 32) == 117
                 and (p[a + 3] | 32) == 101)  # true
     return False
-
-
-cdef void _scan_elements(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
-                         Py_ssize_t* el_a, Py_ssize_t* el_b) noexcept nogil:
-    """Note where the first PUR/, RSN/, ATN/ and IMQ/ values lie in the line p[a:b]
-    (p[0:b] may be read).
-
-    The reference splits the line into period-separated parts, strips each of spaces
-    and reads ``XXX/value`` from a part's start.  Stepping from slash to slash finds
-    the same: an element's slash has its three letters right after the part's start
-    (a period or the line's start, then only spaces), and is then the part's first.
-    """
-    cdef Py_ssize_t i = a, slash, s, k, e
-    cdef int which
-    while i < b:
-        slash = _next_byte(p, i, b, 47)  # '/'
-        if slash == b:
-            return
-        i = slash + 1
-        s = slash - 3
-        if s < a:
-            continue
-        if p[s] == 80 and p[s + 1] == 85 and p[s + 2] == 82:
-            which = 0  # PUR
-        elif p[s] == 82 and p[s + 1] == 83 and p[s + 2] == 78:
-            which = 1  # RSN
-        elif p[s] == 65 and p[s + 1] == 84 and p[s + 2] == 78:
-            which = 2  # ATN
-        elif p[s] == 73 and p[s + 1] == 77 and p[s + 2] == 81:
-            which = 3  # IMQ
-        else:
-            continue
-        if el_a[which] >= 0:
-            continue
-        k = s - 1
-        while k >= a and p[k] == 32:
-            k -= 1
-        if k >= a and p[k] != 46:  # not at a part's start
-            continue
-        e = _next_byte(p, i, b, 46)  # the part ends at a '.'
-        while e > i and p[e - 1] == 32:
-            e -= 1
-        el_a[which] = i
-        el_b[which] = e
 
 
 # ------------------------------------------------------------ decoded fields
@@ -390,28 +566,81 @@ cdef struct Fields:
 
 DEF XML_MAX_NAMES = 32
 
+cdef enum:
+    # what a local name is in the XML header (XmlName.header)
+    XH_NONE = 0
+    XH_HEADER = 1                    # NLETSMessageHeader
+    XH_MKE = 2                       # MessageKeyCodeText
+    XH_ORI = 3                       # OriginatingORIID
+    XH_DST = 4                       # DestinationORIID
+    XH_CTL = 5                       # DocumentControlFieldText
+
+cdef struct XmlName:                 # a local name the XML fast path looks for
+    Py_ssize_t length
+    const char* name                 # a C literal, or in a bytes object the owner keeps
+    int header                       # XH_*
+    int fields                       # a bit per body field it is read for: 1 pur, 2 rsn, 4 atn, 8 imq
+
 cdef struct XmlNames:
     int count                        # -1: too many names, the fast path declines
-    int field[XML_MAX_NAMES]         # 0 pur, 1 rsn, 2 atn, 3 imq
-    const char* name[XML_MAX_NAMES]  # pointers into a tuple of bytes kept by the owner
-    Py_ssize_t length[XML_MAX_NAMES]
+    uint64_t lengths                 # bit min(length, 63) set for every name's length
+    XmlName name[XML_MAX_NAMES + 5]  # the header's five names, then the body's
+
+
+#: The header's local names, in XH_HEADER, XH_MKE ... order.
+cdef tuple _XML_HEADER_NAMES = (b"NLETSMessageHeader", b"MessageKeyCodeText", b"OriginatingORIID",
+                                b"DestinationORIID", b"DocumentControlFieldText")
+
+
+cdef int _xml_name_add(XmlNames* out, const char* name, Py_ssize_t length, int header,
+                       int fields) noexcept:
+    """Enter a local name (or add to an entered one's roles)."""
+    cdef int k
+    for k in range(out.count):
+        if out.name[k].length == length and memcmp(out.name[k].name, name, length) == 0:
+            out.name[k].header |= header
+            out.name[k].fields |= fields
+            return 0
+    out.name[out.count].length = length
+    out.name[out.count].name = name
+    out.name[out.count].header = header
+    out.name[out.count].fields = fields
+    out.count += 1
+    out.lengths |= (<uint64_t> 1) << (length if length < 63 else 63)
+    return 0
 
 
 cdef void _xml_names_c(tuple names, XmlNames* out):
-    """names (xml_body_names' tuple) as the C table _xml_spans reads; names must
+    """The header's names and ``names`` (xml_body_names' tuple) as the C table
+    _xml_spans reads, each distinct name once with all it is read for; names must
     outlive out."""
-    cdef int f
+    cdef int f, k, body = 0
     cdef bytes name
     out.count = 0
+    out.lengths = 0
+    for k, name in enumerate(_XML_HEADER_NAMES):
+        _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_HEADER + k, 0)
     for f in range(4):
         for name in names[f]:
-            if out.count == XML_MAX_NAMES:
+            body += 1
+            if body > XML_MAX_NAMES:
                 out.count = -1
                 return
-            out.field[out.count] = f
-            out.name[out.count] = PyBytes_AS_STRING(name)
-            out.length[out.count] = len(name)
-            out.count += 1
+            _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_NONE, 1 << f)
+
+
+cdef inline const XmlName* _xml_name(const XmlNames* names, const unsigned char* p,
+                                     Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The entry of the local name p[a:b], or NULL: most names are told apart by their
+    length alone."""
+    cdef Py_ssize_t n = b - a
+    cdef int k
+    if not (names.lengths >> (n if n < 63 else 63)) & 1:
+        return NULL
+    for k in range(names.count):
+        if names.name[k].length == n and sg_eq(p + a, <const unsigned char*> names.name[k].name, n):
+            return &names.name[k]
+    return NULL
 
 
 cdef bint _code_span(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, Py_ssize_t limit,
@@ -598,28 +827,34 @@ cdef Py_ssize_t _jvalue(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int 
                 return -1
             i = _jws(p, i + 1, n)
     if c == 116:
-        return i + 4 if i + 4 <= n and memcmp(p + i, b"true", 4) == 0 else -1
+        return i + 4 if i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"true", 4) else -1
     if c == 102:
-        return i + 5 if i + 5 <= n and memcmp(p + i, b"false", 5) == 0 else -1
+        return i + 5 if i + 5 <= n and sg_eq(p + i, <const unsigned char*> b"false", 5) else -1
     if c == 110:
-        return i + 4 if i + 4 <= n and memcmp(p + i, b"null", 4) == 0 else -1
+        return i + 4 if i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"null", 4) else -1
     return _jnumber(p, i, n)
 
 
+cdef inline unsigned _three(const unsigned char* p) noexcept nogil:
+    """Three bytes as one number, to tell short keys apart in one comparison."""
+    return p[0] | (<unsigned> p[1] << 8) | (<unsigned> p[2] << 16)
+
 cdef inline int _jkey(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The known key spelled p[a:b] (inside the quotes), or -1."""
+    cdef unsigned k
     if b - a == 4:
-        return JK_BODY if memcmp(p + a, b"body", 4) == 0 else -1
+        return JK_BODY if _three(p + a) == _three(b"bod") and p[a + 3] == 121 else -1  # body
     if b - a != 3:
         return -1
-    if memcmp(p + a, b"mke", 3) == 0: return JK_MKE
-    if memcmp(p + a, b"ori", 3) == 0: return JK_ORI
-    if memcmp(p + a, b"dst", 3) == 0: return JK_DST
-    if memcmp(p + a, b"ctl", 3) == 0: return JK_CTL
-    if memcmp(p + a, b"pur", 3) == 0: return JK_PUR
-    if memcmp(p + a, b"rsn", 3) == 0: return JK_RSN
-    if memcmp(p + a, b"atn", 3) == 0: return JK_ATN
-    if memcmp(p + a, b"imq", 3) == 0: return JK_IMQ
+    k = _three(p + a)
+    if k == _three(b"mke"): return JK_MKE
+    if k == _three(b"ori"): return JK_ORI
+    if k == _three(b"dst"): return JK_DST
+    if k == _three(b"ctl"): return JK_CTL
+    if k == _three(b"pur"): return JK_PUR
+    if k == _three(b"rsn"): return JK_RSN
+    if k == _three(b"atn"): return JK_ATN
+    if k == _three(b"imq"): return JK_IMQ
     return -1
 
 
@@ -712,7 +947,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                     return False
                 el_a[k - JK_CTL] = i + 1
                 el_b[k - JK_CTL] = e - 1
-            elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+            elif i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"null", 4):
                 e = i + 4
             else:
                 return False
@@ -747,15 +982,14 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 # Values of a message field map to rows of rule masks in C tables, so that deciding a
 # message that the fast paths read touches no Python object:
 #  - a party (an agency or a destination: 2 or 9 characters of A-Z 0-9) is packed
-#    into a 64-bit key (base 37) and found in an open-addressing table that holds its
-#    agency mask, its destination mask and its groups; filled on first sight, cleared
+#    into a 64-bit key (six bits a character) and found in an open-addressing table
+#    whose entry holds its agency mask, its destination mask and its groups; filled
+#    on first sight, cleared
 #    when CACHE_LIMIT parties are in it (a hostile stream of new ORIs cannot grow it);
 #  - a message key (2-3 letters) indexes a table of 27**3 rows, filled at start;
 #  - a purpose or reason code is compared with the few codes the rules name.
 
 DEF PARTY_MIN_BITS = 10        # the party table starts at 1,024 slots, at most half full
-DEF KEY_BITS = 47              # a packed party (9 characters: 37 ** 9 < 2 ** 47), and
-                               # its entry above it, in one 64-bit slot
 DEF MKE_SLOTS = 19683          # 27 ** 3
 
 cdef enum:
@@ -763,18 +997,53 @@ cdef enum:
     ROW_OTHER = 1              # a code no rule names
 
 
+cdef struct CodeTable:       # the codes the rules name for one code field, and their rows
+    int count
+    Py_ssize_t* length         # per named code: its length in UTF-8 ...
+    const char** text          # ... and its bytes (in a bytes object the Matcher keeps)
+    uint64_t* masks            # rows: ROW_ABSENT, ROW_OTHER, then each named code
+
+
+cdef void _free_codes(CodeTable* t) noexcept:
+    free(t.length)
+    free(t.text)
+    free(t.masks)
+
+
+cdef inline Py_ssize_t _code_row(const CodeTable* t, const unsigned char* p, Py_ssize_t a,
+                                 Py_ssize_t b) noexcept nogil:
+    """The row of the code p[a:b] (a < 0: no code)."""
+    cdef int k
+    cdef Py_ssize_t i
+    if a < 0:
+        return ROW_ABSENT
+    for k in range(t.count):
+        if t.length[k] == b - a:
+            i = 0
+            while i < b - a and <unsigned char> t.text[k][i] == p[a + i]:
+                i += 1
+            if i == b - a:
+                return 2 + k
+    return ROW_OTHER
+
+
 cdef inline uint64_t _party_key(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    """Base-37 packing of up to 9 characters of A-Z 0-9 (never 0); 0 if not packable."""
+    """1 to 9 characters of A-Z 0-9 packed six bits a character (their low six bits,
+    which are distinct and never 0, so the key is never 0 and no two lengths meet);
+    0 if not packable.  An ORI, the common case, is one eight-byte word and a byte."""
     cdef uint64_t k = 0
-    cdef unsigned char t
+    cdef Py_ssize_t i
+    if b - a == 9:
+        k = sg_load8(p + a)
+        if not sg_alnum8(k) or not _alnum(p[a + 8]):
+            return 0
+        return sg_pack6(k) | (<uint64_t> (p[a + 8] & 63) << 48)
     if b - a < 1 or b - a > 9:
         return 0
-    while a < b:
-        t = _B37[p[a]]
-        if t == 0:
+    for i in range(b - a):
+        if not _alnum(p[a + i]):
             return 0
-        k = k * 37 + t
-        a += 1
+        k |= <uint64_t> (p[a + i] & 63) << (6 * i)
     return k
 
 
@@ -807,6 +1076,7 @@ cdef inline const unsigned char* _str_bytes(str s, Py_ssize_t* n):
     return <const unsigned char*> PyUnicode_AsUTF8AndSize(s, n)
 
 
+@cython.final
 cdef class Matcher:
     """A compiled :class:`~proxy._policy.Policy`."""
 
@@ -833,15 +1103,16 @@ cdef class Matcher:
     cdef uint64_t* atn_masks      # [missing], [present]
     cdef uint64_t* dst_free
     cdef uint64_t* agency_none
+    cdef uint64_t* flag_masks     # [(direction * 2 + imq) * 2 + has_atn]: the three ANDed
     # message keys
     cdef int* mke_row
     cdef uint64_t* mke_masks
     # purpose and reason codes: rows ROW_ABSENT, ROW_OTHER, then one per named code
-    cdef list pur_codes, rsn_codes
-    cdef uint64_t* pur_masks
-    cdef uint64_t* rsn_masks
+    cdef CodeTable pur, rsn
+    cdef bytes code_text          # the named codes' bytes, which pur and rsn point into
     # parties
-    cdef uint64_t* party_table    # slots: packed party | entry << KEY_BITS; 0 empty
+    cdef uint64_t* party_table    # slots: a packed party (_party_key); 0 empty
+    cdef int* party_entry         # each slot's entry in party_masks
     cdef int party_bits
     cdef uint64_t* party_masks    # per entry: agency mask, destination mask, group set
     cdef Py_ssize_t party_stride  # words per entry: 2 * n_words + 1
@@ -863,11 +1134,13 @@ cdef class Matcher:
         self.acc = NULL
         self.dst_acc = NULL
         self.consts = NULL
+        self.flag_masks = NULL
         self.mke_row = NULL
         self.mke_masks = NULL
-        self.pur_masks = NULL
-        self.rsn_masks = NULL
+        memset(&self.pur, 0, sizeof(CodeTable))
+        memset(&self.rsn, 0, sizeof(CodeTable))
         self.party_table = NULL
+        self.party_entry = NULL
         self.party_masks = NULL
 
     def __init__(self, policy):
@@ -875,6 +1148,7 @@ cdef class Matcher:
         cdef int k, slot
         cdef Py_ssize_t n
         cdef const unsigned char* s
+        cdef const char* text
         self.policy = policy
         self.rev = policy.rev
         self.mode = policy.mode
@@ -910,6 +1184,12 @@ cdef class Matcher:
         self._fill(8, [r.attention != "missing" for r in rules])
         self.dst_free = self._fill(9, [r.dst is None for r in rules])
         self.agency_none = self._fill(10, [r.agency is None for r in rules])
+        self.flag_masks = _alloc(8 * nw)
+        for k in range(8):
+            for i in range(nw):
+                self.flag_masks[k * nw + i] = (self.dir_masks[(k >> 2) * nw + i]
+                                               & self.imq_masks[((k >> 1) & 1) * nw + i]
+                                               & self.atn_masks[(k & 1) * nw + i])
 
         # message keys: row 0 for keys no rule names, then one row per named key
         named = [key for key in sorted({key for r in rules if r.mke is not None for key in r.mke})
@@ -925,11 +1205,24 @@ cdef class Matcher:
             self.mke_row[_mke_slot_of(key)] = k + 1
             self._set_row(self.mke_masks, k + 1, [r.mke is None or key in r.mke for r in rules])
 
-        self.pur_codes = self._code_table([r.purpose for r in rules], &self.pur_masks)
-        self.rsn_codes = self._code_table([r.reason for r in rules], &self.rsn_masks)
+        pur_named = self._code_table([r.purpose for r in rules], &self.pur)
+        rsn_named = self._code_table([r.reason for r in rules], &self.rsn)
+        self.code_text = b"".join(pur_named + rsn_named)
+        text = PyBytes_AS_STRING(self.code_text)
+        for k, code in enumerate(pur_named):
+            self.pur.length[k] = len(code)
+            self.pur.text[k] = text
+            text += len(code)
+        for k, code in enumerate(rsn_named):
+            self.rsn.length[k] = len(code)
+            self.rsn.text[k] = text
+            text += len(code)
 
         self.party_bits = PARTY_MIN_BITS
         self.party_table = _alloc(1 << PARTY_MIN_BITS)
+        self.party_entry = <int*> calloc(1 << PARTY_MIN_BITS, sizeof(int))
+        if self.party_entry == NULL:
+            raise MemoryError()
         self.party_stride = 2 * nw + 1
         self.party_masks = _alloc(CACHE_LIMIT * self.party_stride)
         self.group_sets = []
@@ -940,11 +1233,13 @@ cdef class Matcher:
         free(self.acc)
         free(self.dst_acc)
         free(self.consts)
+        free(self.flag_masks)
         free(self.mke_row)
         free(self.mke_masks)
-        free(self.pur_masks)
-        free(self.rsn_masks)
+        _free_codes(&self.pur)
+        _free_codes(&self.rsn)
         free(self.party_table)
+        free(self.party_entry)
         free(self.party_masks)
 
     # ------------------------------------------------------------ building masks
@@ -962,13 +1257,19 @@ cdef class Matcher:
         self._set_row(self.consts, which, bits)
         return self.consts + which * self.n_words
 
-    cdef list _code_table(self, list conditions, uint64_t** out):
+    cdef list _code_table(self, list conditions, CodeTable* out):
         """Rows for one code field into out: absent, a code no rule names, then each
         named code (``none`` in a rule names the absent code, never a code spelled
-        ``none``); returns the named codes as UTF-8."""
+        ``none``); returns the named codes as UTF-8, for the caller to point out's
+        length and text at."""
         named = sorted({c for cond in conditions if cond is not None for c in cond if c != "none"})
+        out.length = <Py_ssize_t*> calloc(max(1, len(named)), sizeof(Py_ssize_t))
+        out.text = <const char**> calloc(max(1, len(named)), sizeof(char*))
+        if out.length == NULL or out.text == NULL:
+            raise MemoryError()
+        out.count = len(named)
         cdef uint64_t* masks = _alloc((2 + len(named)) * self.n_words)
-        out[0] = masks
+        out.masks = masks
         self._set_row(masks, ROW_ABSENT, [cond is None or "none" in cond for cond in conditions])
         self._set_row(masks, ROW_OTHER, [cond is None for cond in conditions])
         for k, code in enumerate(named):
@@ -1013,29 +1314,40 @@ cdef class Matcher:
         if key:
             if 2 * self.party_count > (1 << self.party_bits):
                 self._party_grow()
-            self._party_put(key | (<uint64_t> e << KEY_BITS))
+            self._party_put(key, e)
         return e
 
     cdef inline Py_ssize_t _party_home(self, uint64_t key) noexcept:
         return <Py_ssize_t> ((key * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - self.party_bits))
 
-    cdef void _party_put(self, uint64_t slot) noexcept:
-        cdef Py_ssize_t h = self._party_home(slot & KEY_MASK)
+    cdef void _party_put(self, uint64_t key, int entry) noexcept:
+        cdef Py_ssize_t h = self._party_home(key)
         cdef Py_ssize_t wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
         while self.party_table[h] != 0:
             h = (h + 1) & wrap
-        self.party_table[h] = slot
+        self.party_table[h] = key
+        self.party_entry[h] = entry
 
     cdef int _party_grow(self) except -1:
         """Double the table (it stays at most half full)."""
         cdef uint64_t* old = self.party_table
+        cdef int* old_entry = self.party_entry
         cdef Py_ssize_t i, n = <Py_ssize_t> 1 << self.party_bits
-        self.party_table = _alloc(2 * n)
+        cdef int* entry = <int*> calloc(2 * n, sizeof(int))
+        if entry == NULL:
+            raise MemoryError()
+        try:
+            self.party_table = _alloc(2 * n)
+        except MemoryError:
+            free(entry)
+            raise
+        self.party_entry = entry
         self.party_bits += 1
         for i in range(n):
             if old[i]:
-                self._party_put(old[i])
+                self._party_put(old[i], old_entry[i])
         free(old)
+        free(old_entry)
         return 0
 
     cdef inline int _party(self, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
@@ -1047,8 +1359,8 @@ cdef class Matcher:
             wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
             while True:
                 k = self.party_table[h]
-                if (k & KEY_MASK) == key:
-                    return <int> (k >> KEY_BITS)
+                if k == key:
+                    return self.party_entry[h]
                 if k == 0:
                     break
                 h = (h + 1) & wrap
@@ -1063,23 +1375,11 @@ cdef class Matcher:
 
     # ------------------------------------------------------------- code rows
 
-    cdef inline Py_ssize_t _code_row(self, list codes, const unsigned char* p, Py_ssize_t a,
-                                     Py_ssize_t b):
-        cdef Py_ssize_t k = 2
-        cdef bytes c
-        if a < 0:
-            return ROW_ABSENT
-        for c in codes:
-            if len(c) == b - a and memcmp(PyBytes_AS_STRING(c), p + a, b - a) == 0:
-                return k
-            k += 1
-        return ROW_OTHER
-
-    cdef Py_ssize_t _code_row_str(self, list codes, object value):
+    cdef Py_ssize_t _code_row_str(self, const CodeTable* t, object value) except -1:
         if value is None:
             return ROW_ABSENT
         b = (<str> value).encode("utf-8", "surrogatepass")
-        return self._code_row(codes, <const unsigned char*> PyBytes_AS_STRING(b), 0, len(b))
+        return _code_row(t, <const unsigned char*> PyBytes_AS_STRING(b), 0, len(b))
 
     # ------------------------------------------------------------------ decide
 
@@ -1090,25 +1390,33 @@ cdef class Matcher:
         last_shadow (-1: none); returns ACT_ALLOW or ACT_DENY."""
         cdef Py_ssize_t w, nw = self.n_words, idx = -1, s = -1
         cdef const uint64_t* am = (self.party_masks + agency * self.party_stride) if agency >= 0 else self.agency_none
-        cdef const uint64_t* dm = self.dir_masks + direction * nw
+        cdef const uint64_t* fm = self.flag_masks + ((direction * 2 + (1 if imq else 0)) * 2 + (1 if has_atn else 0)) * nw
         cdef const uint64_t* mm = self.mke_masks + mke * nw
-        cdef const uint64_t* im = self.imq_masks + (1 if imq else 0) * nw
-        cdef const uint64_t* tm = self.atn_masks + (1 if has_atn else 0) * nw
-        cdef const uint64_t* pm = self.pur_masks + pur * nw
-        cdef const uint64_t* rm = self.rsn_masks + rsn * nw
-        cdef uint64_t bits, d
-        for w in range(nw):
-            bits = am[w] & dm[w] & mm[w] & im[w] & tm[w] & pm[w] & rm[w] & self.dst_acc[w]
-            if s < 0:
-                d = bits & self.shadow_mask[w]
-                if d:
-                    s = w * 64 + sg_ctz64(d)
-            d = bits & self.decide_mask[w]
+        cdef const uint64_t* pm = self.pur.masks + pur * nw
+        cdef const uint64_t* rm = self.rsn.masks + rsn * nw
+        cdef uint64_t bits, d, sh
+        if nw == 1:  # up to 64 rules, the common case: no loop
+            bits = am[0] & fm[0] & mm[0] & pm[0] & rm[0] & self.dst_acc[0]
+            d = bits & self.decide_mask[0]
+            sh = bits & self.shadow_mask[0]
             if d:
-                idx = w * 64 + sg_ctz64(d)
-                break
-        if idx >= 0 and s > idx:
-            s = -1
+                idx = sg_ctz64(d)
+                sh &= (d & (~d + 1)) - 1  # shadow rules before the deciding one
+            if sh:
+                s = sg_ctz64(sh)
+        else:
+            for w in range(nw):
+                bits = am[w] & fm[w] & mm[w] & pm[w] & rm[w] & self.dst_acc[w]
+                if s < 0:
+                    d = bits & self.shadow_mask[w]
+                    if d:
+                        s = w * 64 + sg_ctz64(d)
+                d = bits & self.decide_mask[w]
+                if d:
+                    idx = w * 64 + sg_ctz64(d)
+                    break
+            if idx >= 0 and s > idx:
+                s = -1
         self.last_rule = idx
         self.last_shadow = s
         if idx < 0:
@@ -1143,8 +1451,8 @@ cdef class Matcher:
             agency = self._party(p, f.dst_a[0], f.dst_b[0])
         self.last_party = agency
         return self._decide(agency, self.mke_row[_mke_slot(p, f.mke_a, f.mke_b)],
-                            self._code_row(self.pur_codes, p, f.code_a[0], f.code_b[0]),
-                            self._code_row(self.rsn_codes, p, f.code_a[1], f.code_b[1]),
+                            _code_row(&self.pur, p, f.code_a[0], f.code_b[0]),
+                            _code_row(&self.rsn, p, f.code_a[1], f.code_b[1]),
                             f.code_a[2] >= 0, f.imq, direction)
 
     cdef int decide_c(self, str mke, str ori, tuple dst, object pur, object rsn,
@@ -1165,8 +1473,8 @@ cdef class Matcher:
         s = _str_bytes(mke, &n) if mke is not None else NULL
         slot = _mke_slot(s, 0, n) if s != NULL else -1
         return self._decide(agency, self.mke_row[slot] if slot >= 0 else 0,
-                            self._code_row_str(self.pur_codes, pur),
-                            self._code_row_str(self.rsn_codes, rsn), has_atn, imq, direction)
+                            self._code_row_str(&self.pur, pur),
+                            self._code_row_str(&self.rsn, rsn), has_atn, imq, direction)
 
     def decide(self, msg, str direction):
         """Python-visible: (action, rule, shadow, agency, groups) for one Message."""
@@ -1196,40 +1504,43 @@ cdef uint64_t* _alloc(Py_ssize_t words) except NULL:
     return m
 
 
-cdef Py_ssize_t _destinations(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
-                              Py_ssize_t* dst_a, Py_ssize_t* dst_b, int* ndst,
-                              Py_ssize_t* ctl_a, Py_ssize_t* ctl_b) noexcept nogil:
-    """The reference's _split_destinations over the segments of p[a:b]: destinations
-    and control field up to the TXT marker.  Returns where the rest after ``TXT``
-    starts; -1 when there is no marker or the reference would reject (decline)."""
-    cdef Py_ssize_t i = a, seg_a = a
+DEF TEXT_STACK_WORDS = 32      # the text masks of payloads up to 2 KiB live on the stack
+
+
+cdef Py_ssize_t _destinations(const unsigned char* p, const uint64_t* stop, Py_ssize_t a,
+                              Py_ssize_t b, Fields* f, Py_ssize_t* ctl_a,
+                              Py_ssize_t* ctl_b) noexcept nogil:
+    """The reference's _split_destinations over the segments of p[a:b], one line:
+    destinations (added to f's) and control field up to the TXT marker.  Returns
+    where the rest after ``TXT`` starts; -1 when there is no marker or the reference
+    would reject (decline)."""
+    cdef Py_ssize_t i, seg_a = a
     while True:
-        if i == b or p[i] == 46:  # '.'
-            if i - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
-                    and not _is_dst(p, seg_a, i):  # the TXT marker
-                return seg_a + 3
-            if i > seg_a and p[seg_a] == 42:  # '*': the control field
-                if ctl_a[0] >= 0:
-                    return -1
-                ctl_a[0] = seg_a + 1
-                ctl_b[0] = i
-            else:
-                if ctl_a[0] >= 0 or ndst[0] == 5 or not _is_dst(p, seg_a, i):
-                    return -1
-                dst_a[ndst[0]] = seg_a
-                dst_b[ndst[0]] = i
-                ndst[0] += 1
-            if i == b:
+        i = sg_next_bit(stop, seg_a, b)  # in a line, every stop is a '.'
+        if i - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
+                and not _is_dst(p, seg_a, i):  # the TXT marker
+            return seg_a + 3
+        if i > seg_a and p[seg_a] == 42:  # '*': the control field
+            if ctl_a[0] >= 0:
                 return -1
-            seg_a = i + 1
-        i += 1
+            ctl_a[0] = seg_a + 1
+            ctl_b[0] = i
+        else:
+            if ctl_a[0] >= 0 or f.ndst == 5 or not _is_dst(p, seg_a, i):
+                return -1
+            f.dst_a[f.ndst] = seg_a
+            f.dst_b[f.ndst] = i
+            f.ndst += 1
+        if i == b:
+            return -1
+        seg_a = i + 1
 
 
-cdef Py_ssize_t _line(const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
-                      Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
+cdef inline Py_ssize_t _line(const unsigned char* p, const uint64_t* lf, Py_ssize_t n,
+                             Py_ssize_t pos, Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
     """The line starting at pos, stripped of spaces and CR, as [a, b); returns the
     index of its LF (or n)."""
-    cdef Py_ssize_t e = _next_byte(p, pos, n, 10)
+    cdef Py_ssize_t e = sg_next_bit(lf, pos, n)
     a[0] = pos
     b[0] = e
     while a[0] < b[0] and (p[a[0]] == 32 or p[a[0]] == 13):
@@ -1255,65 +1566,80 @@ cdef bint _clock(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept no
 
 cdef int _text_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept nogil:
     """Read a plain text payload into f, exactly as the reference would: READ,
-    DECLINED or REJECTED."""
-    cdef Py_ssize_t i, start, end, le, dot1 = -1, dot2 = -1
-    cdef Py_ssize_t mke_a, mke_b, ori_a, ori_b, ctl_a = -1, ctl_b = -1, rest_a, rest_b
-    cdef Py_ssize_t l1a, l1b, l2a, l2b, l3a, l3b, ta, tb, star, na, nb, cta = -1, ctb = -1
-    cdef Py_ssize_t[6] dst_a  # one spare: the TXT line may add five to the clock line's one
-    cdef Py_ssize_t[6] dst_b
-    cdef int ndst = 0, which, ntok, more_ndst
+    DECLINED or REJECTED.  The payload's bytes are classified once, sixteen at a time,
+    into bit masks (sg_text_masks), in which lines, parts and elements are found."""
+    cdef uint64_t[4 * TEXT_STACK_WORDS] stack
+    cdef uint64_t* m = stack
+    cdef Py_ssize_t words = (n + 63) >> 6
+    cdef int verdict
+    if n == 0:
+        return DECLINED
+    if words > TEXT_STACK_WORDS:
+        m = <uint64_t*> malloc(4 * words * sizeof(uint64_t))
+        if m == NULL:
+            return DECLINED
+    sg_text_masks(p, n, m, m + words, m + 2 * words, m + 3 * words)
+    verdict = _text_read(p, n, m, m + words, m + 2 * words, m + 3 * words, f)
+    if m != stack:
+        free(m)
+    return verdict
+
+
+cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
+                    const uint64_t* stop, const uint64_t* slash, const uint64_t* bad,
+                    Fields* f) noexcept nogil:
+    """_text_spans on the payload's masks."""
+    cdef Py_ssize_t i, k, e, start, end, le, dot1, dot2, body, limit
+    cdef Py_ssize_t l1a, l1b, l2a, l2b, l3a, l3b, ta, tb, star, na, nb
+    cdef Py_ssize_t ctl_a = -1, ctl_b = -1, cta = -1, ctb = -1
     cdef Py_ssize_t[4] el_a
     cdef Py_ssize_t[4] el_b
+    cdef int which, ntok, clock_ndst, found
+    cdef Py_ssize_t w, words
+    cdef uint64_t bits
     cdef bint output_form
-    cdef unsigned char c
     # Only printable ASCII, LF, and CR before LF or at the end.
-    i = sg_find_special(p, 0, n, 0, 0)
+    i = sg_next_bit(bad, 0, n)
     while i < n:
-        c = p[i]
-        if not (c == 10 or (c == 13 and (i + 1 == n or p[i + 1] == 10))):
-            return False
-        i = sg_find_special(p, i + 1, n, 0, 0)
+        if not (p[i] == 13 and (i + 1 == n or p[i + 1] == 10)):
+            return DECLINED
+        i = sg_next_bit(bad, i + 1, n)
     start = 0
     while start < n and (p[start] == 32 or p[start] == 13 or p[start] == 10):
         start += 1
     if start == n:
-        return False
-    le = _line(p, n, start, &start, &end)
-    for i in range(start, end):
-        if p[i] == 46:
-            if dot1 < 0:
-                dot1 = i
-            else:
-                dot2 = i
-                break
+        return DECLINED
+    le = _line(p, lf, n, start, &start, &end)
     # In plain ASCII this first line is the reference's, which checks MKE.ORI first.
-    if dot1 < 0:
+    dot1 = sg_next_bit(stop, start, end)
+    if dot1 == end:
         return REJECTED  # not MKE.ORI
-    mke_a, mke_b = start, dot1
-    ori_a, ori_b = dot1 + 1, (dot2 if dot2 >= 0 else end)
+    dot2 = sg_next_bit(stop, dot1 + 1, end)
+    f.mke_a, f.mke_b = start, dot1
+    f.ori_a, f.ori_b = dot1 + 1, dot2
     # The reference's choice: the input form has a third segment, and a non-empty one
     # when there are exactly three.
-    output_form = dot2 < 0 or dot2 == end - 1
-    if _mke_slot(p, mke_a, mke_b) < 0 or not _is_ori(p, ori_a, ori_b):
+    output_form = dot2 == end or dot2 == end - 1
+    if _mke_slot(p, f.mke_a, f.mke_b) < 0 or not _is_ori(p, f.ori_a, f.ori_b):
         return REJECTED
+    f.ndst = 0
     if not output_form:
-        rest_a = _destinations(p, dot2 + 1, end, dst_a, dst_b, &ndst, &ctl_a, &ctl_b)
-        if rest_a < 0:
-            return False
-        rest_b = end
+        body = _destinations(p, stop, dot2 + 1, end, f, &ctl_a, &ctl_b)
+        if body < 0:
+            return DECLINED
     else:
         # MKE.ORI, two clock lines (the second may end in DEST[*CTL]), then TXT.
         if le >= n:
-            return False
-        le = _line(p, n, le + 1, &l1a, &l1b)
+            return DECLINED
+        le = _line(p, lf, n, le + 1, &l1a, &l1b)
         if le >= n:
-            return False
-        le = _line(p, n, le + 1, &l2a, &l2b)
+            return DECLINED
+        le = _line(p, lf, n, le + 1, &l2a, &l2b)
         if le >= n:
-            return False
-        le = _line(p, n, le + 1, &l3a, &l3b)
+            return DECLINED
+        le = _line(p, lf, n, le + 1, &l3a, &l3b)
         if not _clock(p, l1a, l1b) or not _clock(p, l2a, l2b):
-            return False
+            return DECLINED
         # the last of four or more space-separated tokens on the second clock line
         ntok = 0
         i = l2a
@@ -1336,43 +1662,87 @@ cdef int _text_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
             while nb > na and p[nb - 1] == 46:
                 nb -= 1
             if _is_dst(p, na, nb):
-                dst_a[0] = na
-                dst_b[0] = nb
-                ndst = 1
+                f.dst_a[0] = na
+                f.dst_b[0] = nb
+                f.ndst = 1
                 if star < tb:
                     cta, ctb = star + 1, tb
-        more_ndst = 0
-        rest_a = _destinations(p, l3a, l3b, dst_a + ndst, dst_b + ndst, &more_ndst, &ctl_a, &ctl_b)
-        if rest_a < 0:
-            return False
-        if more_ndst > 0 and ndst > 0:
-            return False  # destinations both on the clock line and the TXT line
-        ndst += more_ndst
+        clock_ndst = f.ndst
+        body = _destinations(p, stop, l3a, l3b, f, &ctl_a, &ctl_b)
+        if body < 0:
+            return DECLINED
+        if clock_ndst > 0 and f.ndst > clock_ndst:
+            return DECLINED  # destinations both on the clock line and the TXT line
         if ctl_a < 0:
             ctl_a, ctl_b = cta, ctb
-        rest_b = l3b
-    if ndst == 0 or (ctl_a >= 0 and ctl_b - ctl_a > 10):
-        return False
-    # Body: the rest of the header line, then every further line, each stripped; data
-    # elements are period-separated parts, each stripped.  First PUR, RSN, ATN, IMQ.
-    for which in range(4):
-        el_a[which] = -1
-        el_b[which] = -1
-    _scan_elements(p, rest_a, rest_b, el_a, el_b)
-    while le < n:
-        le = _line(p, n, le + 1, &l1a, &l1b)
-        _scan_elements(p, l1a, l1b, el_a, el_b)
-    f.fmt = FMT_TEXT
-    f.mke_a, f.mke_b, f.ori_a, f.ori_b = mke_a, mke_b, ori_a, ori_b
+    if f.ndst == 0 or (ctl_a >= 0 and ctl_b - ctl_a > 10):
+        return DECLINED
     if ctl_a >= 0 and ctl_b > ctl_a:
         f.ctl_a, f.ctl_b = ctl_a, ctl_b
     else:
         f.ctl_a = f.ctl_b = -1
-    f.ndst = ndst
-    for which in range(ndst):
-        f.dst_a[which] = dst_a[which]
-        f.dst_b[which] = dst_b[which]
-    return _finish_codes(p, el_a, el_b, f)
+    # Body: from `body` on, lines split into period-separated parts, each stripped;
+    # the first PUR/, RSN/, ATN/ and IMQ/ at a part's start count.  Stepping from
+    # slash to slash finds them: an element's slash has its three letters right after
+    # the part's start (a period, a line's start or the body's, then only spaces).
+    for which in range(4):
+        el_a[which] = -1
+    found = 0
+    w = (body + 3) >> 6
+    words = (n + 63) >> 6
+    bits = slash[w] & (<uint64_t> ~0ULL << ((body + 3) & 63)) if w < words else 0
+    while True:
+        while bits == 0:
+            w += 1
+            if w >= words:
+                break
+            bits = slash[w]
+        if bits == 0:
+            break
+        i = (w << 6) + sg_ctz64(bits)  # the next slash
+        bits &= bits - 1
+        k = i - 3
+        if p[k] == 80 and p[k + 1] == 85 and p[k + 2] == 82:
+            which = 0  # PUR
+        elif p[k] == 82 and p[k + 1] == 83 and p[k + 2] == 78:
+            which = 1  # RSN
+        elif p[k] == 65 and p[k + 1] == 84 and p[k + 2] == 78:
+            which = 2  # ATN
+        elif p[k] == 73 and p[k + 1] == 77 and p[k + 2] == 81:
+            which = 3  # IMQ
+        else:
+            which = -1
+        if which >= 0 and el_a[which] < 0:
+            k -= 1
+            while k >= body and p[k] == 32:
+                k -= 1
+            if k < body or p[k] == 46 or p[k] == 10:
+                # the part ends at a '.' or the line's end, stripped of spaces (and of
+                # the CR of a CR LF, the only place a CR can be)
+                e = sg_next_bit(stop, i + 1, n)
+                while e > i + 1 and (p[e - 1] == 32 or p[e - 1] == 13):
+                    e -= 1
+                el_a[which] = i + 1
+                el_b[which] = e
+                found += 1
+                if found == 4:
+                    break
+    # PUR, RSN and ATN stripped (printable already: the payload is), within limits
+    for which in range(3):
+        f.code_a[which] = f.code_b[which] = -1
+        if el_a[which] >= 0:
+            i = el_a[which]
+            while i < el_b[which] and p[i] == 32:
+                i += 1
+            if i < el_b[which]:
+                limit = 100 if which == 2 else 10
+                if el_b[which] - i > limit:
+                    return DECLINED
+                f.code_a[which] = i
+                f.code_b[which] = el_b[which]
+    f.imq = el_a[3] >= 0 and _yes(p, el_a[3], el_b[3])
+    f.fmt = FMT_TEXT
+    return READ
 
 
 # ------------------------------------------------------------- XML fast path
@@ -1390,49 +1760,32 @@ DEF XML_MAX_DEPTH = 64
 DEF XML_MAX_NS = 32
 DEF XML_MAX_ATTRS = 16
 
-cdef enum:
-    NAME_START = 1  # A-Z a-z _
-    NAME_CHAR = 2   # those, 0-9 - .
-
-cdef unsigned char[256] _NAME_CLASS
+#: The characters of an XML name after its first, as the fast path reads names
+#: (sg_qname: a name starts with A-Z a-z _): those, 0-9, '-' and '.'.
+cdef unsigned char[256] _NAME_CHAR
 for _c in range(256):
-    _NAME_CLASS[_c] = ((NAME_START | NAME_CHAR) if chr(_c).isascii() and (chr(_c).isalpha() or _c == 95)
-                       else NAME_CHAR if 48 <= _c <= 57 or _c == 45 or _c == 46 else 0)
-
-cdef inline bint _name_start(unsigned char c) noexcept nogil:
-    return _NAME_CLASS[c] & NAME_START
+    _NAME_CHAR[_c] = (65 <= _c <= 90 or 97 <= _c <= 122 or 48 <= _c <= 57 or _c in (95, 45, 46))
 
 cdef inline bint _name_char(unsigned char c) noexcept nogil:
-    return _NAME_CLASS[c] & NAME_CHAR
-
-cdef inline Py_ssize_t _qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* colon) noexcept nogil:
-    """The end of the name at p[i] (at most one colon, both parts proper names), or -1.
-    colon: the colon's index, or -1."""
-    cdef Py_ssize_t e, c
-    colon[0] = -1
-    if i >= n or not _name_start(p[i]):
-        return -1
-    e = sg_name_end(p, i + 1, n)  # name characters and colons; then the colon rules
-    c = _next_byte(p, i, e, 58)
-    if c < e:
-        if c + 1 >= e or not _name_start(p[c + 1]) or _next_byte(p, c + 1, e, 58) < e:
-            return -1
-        colon[0] = c
-    return e
+    return _NAME_CHAR[c]
 
 cdef inline bint _same(const unsigned char* p, Py_ssize_t a, Py_ssize_t alen,
                        Py_ssize_t b, Py_ssize_t blen) noexcept nogil:
-    return alen == blen and memcmp(p + a, p + b, alen) == 0
+    return alen == blen and sg_eq(p + a, p + b, alen)
 
 cdef inline bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const char* lit,
                      Py_ssize_t litlen) noexcept nogil:
-    return b - a == litlen and memcmp(p + a, lit, litlen) == 0
+    return b - a == litlen and sg_eq(p + a, <const unsigned char*> lit, litlen)
 
 cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                     Fields* out) noexcept nogil:
     """Read a simple XML payload into out, exactly as the reference would: READ,
-    DECLINED or REJECTED.  names: the body element local names read for pur, rsn,
-    atn and imq."""
+    DECLINED or REJECTED.  names: the local names read (_xml_names_c).
+
+    Every byte is looked at once, by the part that reads it: markup character by
+    character, character data and attribute values by sg_xml_scan, which declines
+    what the fast path does not read (a control but tab and LF, non-ASCII, '&',
+    "]]>")."""
     cdef Py_ssize_t i, j, k, e, colon, acolon, name_end, local_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_len
@@ -1441,7 +1794,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
     cdef int[XML_MAX_NS] ns_depth
     cdef Py_ssize_t[XML_MAX_ATTRS] at_a
     cdef Py_ssize_t[XML_MAX_ATTRS] at_len
-    cdef int depth = 0, nns = 0, nat, which, f, header_depth = -1, ndst = 0
+    cdef int depth = 0, nns = 0, nat, which, f, fields, header_depth = -1, ndst = 0
     cdef bint root_seen = False, self_closing, header_open = False, header_done = False
     cdef Py_ssize_t mke_a = -1, mke_b = -1, ori_a = -1, ori_b = -1, ctl_a = -1, ctl_b = -1
     cdef Py_ssize_t[5] dst_a
@@ -1449,17 +1802,10 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
     cdef Py_ssize_t[4] el_a
     cdef Py_ssize_t[4] el_b
     cdef Py_ssize_t text_a, text_b
+    cdef const XmlName* known
     cdef unsigned char c, q
     if n == 0 or p[0] != 60 or names.count < 0:
         return False
-    i = sg_find_special(p, 0, n, 38, 93)  # a control, non-ASCII, '&' or ']'
-    while i < n:
-        c = p[i]
-        if c > 126 or c == 38 or (c < 32 and c != 9 and c != 10):  # non-ASCII, '&', controls
-            return False
-        if c == 93 and i + 2 < n and p[i + 1] == 93 and p[i + 2] == 62:  # "]]>"
-            return False
-        i = sg_find_special(p, i + 1, n, 38, 93)
     for f in range(4):
         el_a[f] = -1
         el_b[f] = -1
@@ -1472,6 +1818,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             i = 38
         else:
             return False
+    text_b = -1  # where the character data after a start tag ends, once scanned
     while True:
         # between markup
         if depth == 0:
@@ -1482,9 +1829,15 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             if p[i] != 60:
                 return False  # text outside the root
         else:
-            i = _next_lt(p, i, n)
+            if text_b >= 0:
+                i = text_b  # the character data after a start tag: scanned already
+            else:
+                i = sg_xml_scan(p, i, n, 60, 60)
+                if i < 0:
+                    return False
             if i == n:
                 return REJECTED  # cut off inside an element: not well-formed
+        text_b = -1
         # p[i] == '<'
         if i + 1 >= n:
             return False
@@ -1494,7 +1847,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                 return False
             # the open element's name (checked when it opened), and no more of a name
             j = i + 2 + open_len[depth - 1]
-            if j >= n or memcmp(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) != 0 \
+            if j >= n or not sg_eq(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) \
                     or _name_char(p[j]) or p[j] == 58:
                 return False
             while j < n and _ws(p[j]):
@@ -1514,7 +1867,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
         # start tag
         if depth == 0 and root_seen:
             return False
-        name_end = _qname(p, i + 1, n, &colon)
+        name_end = sg_qname(p, i + 1, n, &colon)
         if name_end < 0:
             return False
         j = name_end
@@ -1537,7 +1890,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                 break
             if j == k:
                 return False  # attributes need whitespace before them
-            e = _qname(p, j, n, &acolon)
+            e = sg_qname(p, j, n, &acolon)
             if e < 0 or nat == XML_MAX_ATTRS:
                 return False
             for f in range(nat):
@@ -1559,14 +1912,13 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             q = p[k]
             k += 1
             text_a = k
-            k = _next_byte(p, k, n, q)
-            if k >= n or _next_byte(p, text_a, k, 60) < k:  # no '<' in a value
+            k = sg_xml_scan(p, k, n, q, 60)
+            if k < 0 or k >= n or p[k] != q:  # no '<' in a value
                 return False
-            text_b = k
             if acolon >= 0:
                 if not _is(p, j, acolon, b"xmlns", 5):
                     return False  # prefixed attributes: left to the reference
-                if text_a == text_b or nns == XML_MAX_NS:
+                if text_a == k or nns == XML_MAX_NS:
                     return False
                 ns_a[nns] = acolon + 1
                 ns_len[nns] = e - acolon - 1
@@ -1585,39 +1937,46 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             local_a = colon + 1
         else:
             local_a = i + 1
+        text_a = j
         if self_closing:
-            text_a = text_b = j
-        else:
-            text_a = j
             text_b = j
-            text_b = _next_lt(p, j, n)
+        else:
+            text_b = sg_xml_scan(p, j, n, 60, 60)
+            if text_b < 0:
+                return False
         # what this element is
-        if not header_done and not header_open and _is(p, local_a, name_end, b"NLETSMessageHeader", 18):
-            header_open = True
-            header_depth = depth
-        elif header_open:
-            if _is(p, local_a, name_end, b"MessageKeyCodeText", 18):
-                if mke_a < 0:
-                    mke_a, mke_b = text_a, text_b
-            elif _is(p, local_a, name_end, b"OriginatingORIID", 16):
-                if ori_a < 0:
-                    ori_a, ori_b = text_a, text_b
-            elif _is(p, local_a, name_end, b"DestinationORIID", 16):
-                if ndst == 5:
-                    return False
-                dst_a[ndst] = text_a
-                dst_b[ndst] = text_b
-                ndst += 1
-            elif _is(p, local_a, name_end, b"DocumentControlFieldText", 24):
-                if ctl_a < 0:
-                    ctl_a, ctl_b = text_a, text_b
-        for f in range(names.count):
-            which = names.field[f]
-            if el_a[which] < 0 and _is(p, local_a, name_end, names.name[f], names.length[f]):
-                el_a[which] = text_a
-                el_b[which] = text_b
+        known = _xml_name(names, p, local_a, name_end)
+        if known != NULL:
+            if known.header == XH_HEADER:
+                if not header_done and not header_open:
+                    header_open = True
+                    header_depth = depth
+            elif header_open:
+                if known.header == XH_MKE:
+                    if mke_a < 0:
+                        mke_a, mke_b = text_a, text_b
+                elif known.header == XH_ORI:
+                    if ori_a < 0:
+                        ori_a, ori_b = text_a, text_b
+                elif known.header == XH_DST:
+                    if ndst == 5:
+                        return False
+                    dst_a[ndst] = text_a
+                    dst_b[ndst] = text_b
+                    ndst += 1
+                elif known.header == XH_CTL:
+                    if ctl_a < 0:
+                        ctl_a, ctl_b = text_a, text_b
+            fields = known.fields
+            while fields:
+                which = sg_ctz64(fields)
+                fields &= fields - 1
+                if el_a[which] < 0:
+                    el_a[which] = text_a
+                    el_b[which] = text_b
         root_seen = True
         if self_closing:
+            text_b = -1
             while nns > 0 and ns_depth[nns - 1] > depth:
                 nns -= 1
             if header_open and depth == header_depth:
@@ -1635,18 +1994,12 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
     # the header's values, stripped and checked as the reference checks them
     mke_a = _strip_a(p, mke_a, mke_b)
     mke_b = _strip_b(p, mke_a, mke_b)
-    if not (2 <= mke_b - mke_a <= 3):
+    if _mke_slot(p, mke_a, mke_b) < 0:
         return False
-    for k in range(mke_a, mke_b):
-        if not _upper(p[k]):
-            return False
     ori_a = _strip_a(p, ori_a, ori_b)
     ori_b = _strip_b(p, ori_a, ori_b)
-    if ori_b - ori_a != 9 or not (_upper(p[ori_a]) and _upper(p[ori_a + 1])):
+    if not _is_ori(p, ori_a, ori_b):
         return False
-    for k in range(ori_a + 2, ori_b):
-        if not _alnum(p[k]):
-            return False
     for f in range(ndst):
         out.dst_a[f] = _strip_a(p, dst_a[f], dst_b[f])
         out.dst_b[f] = _strip_b(p, out.dst_a[f], dst_b[f])
@@ -1669,6 +2022,7 @@ cdef enum:
     FR_OVERSIZE = 2
 
 
+@cython.final
 cdef class _Framer:
     """Compiled framing; the plain statement is proxy._framing.
 
@@ -1980,6 +2334,7 @@ cdef int _fmt_of(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept no
     return -1
 
 
+@cython.final
 cdef class Engine:
     """Decides one direction of one connection.
 
