@@ -1915,6 +1915,8 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             k = sg_xml_scan(p, k, n, q, 60)
             if k < 0 or k >= n or p[k] != q:  # no '<' in a value
                 return False
+            if (acolon >= 0 or _is(p, j, e, b"xmlns", 5)) and _next_byte(p, text_a, k, 125) < k:
+                return False  # a namespace with '}', which ElementTree cannot name: the reference's
             if acolon >= 0:
                 if not _is(p, j, acolon, b"xmlns", 5):
                     return False  # prefixed attributes: left to the reference

@@ -190,6 +190,27 @@ def test_xml_random_well_formed_shapes():
     assert answered > 2000
 
 
+def test_xml_character_data_and_attribute_values_byte_by_byte():
+    """Every byte value in character data and in attribute values, where the fast
+    path checks them as it reads them: '<' ends character data but never belongs in a
+    value, '&', ']]>' and controls are left to the reference, tab and LF pass."""
+    head = (b"<NLETSMessageHeader><MessageKeyCodeText>DQ</MessageKeyCodeText>"
+            b"<OriginatingORIID>AZ0070000</OriginatingORIID><DestinationORIID>CA</DestinationORIID>"
+            b"</NLETSMessageHeader>")  # fmt: skip
+    answered = 0
+    for c in range(256):
+        b = bytes([c])
+        for doc in (b'<a x="1' + b + b'2">' + head + b"</a>",
+                    b"<a x='1" + b + b"2'>" + head + b"<b y='" + b + b"'/></a>",
+                    b"<a>" + head + b"<PurposeCode>C" + b + b"</PurposeCode></a>",
+                    b"<a>" + head + b"<j:b xmlns:j='urn:" + b + b"'>x]" + b + b"></j:b></a>",
+                    b'<a xmlns="' + b + b'">' + head + b"</a>",
+                    b'<a x="1' + b + b" y='2'>" + head + b"</a>",
+                    b'<a x="]]' + b + b'">' + head + b"</a>"):
+            answered += bool(agrees("xml", doc))
+    assert answered > 500
+
+
 # ------------------------------------------------------------------------- JSON
 
 
