@@ -34,7 +34,7 @@ def test_year_smoke():
 
 def test_e2e_smoke():
     out = bench(str(BENCH / "e2e.py"), "--seconds", "1", "--runs", "1", "--rates", "1000",
-                "--latency-seconds", "1", "--latency-runs", "1", "--serial", "200", "--pool", "2000")  # fmt: skip
+                "--latency-seconds", "1", "--latency-runs", "1", "--serial", "1000", "--pool", "2000")  # fmt: skip
     assert "stategate / baseline:" in out and "added by stategate" in out
     decided = out.split("stategate messages decided and logged")[1].split(": ")[1].split("/s")[0]
     assert int(decided.replace(",", "")) > 0  # counted from the log's seq
