@@ -1915,12 +1915,18 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             k = sg_xml_scan(p, k, n, q, 60)
             if k < 0 or k >= n or p[k] != q:  # no '<' in a value
                 return False
-            if (acolon >= 0 or _is(p, j, e, b"xmlns", 5)) and _next_byte(p, text_a, k, 125) < k:
-                return False  # a namespace with '}', which ElementTree cannot name: the reference's
+            if acolon >= 0 or _is(p, j, e, b"xmlns", 5):
+                # A namespace declaration.  Left to the reference: a URI with '}', which
+                # ElementTree cannot name, and the reserved ones (the xml and xmlns
+                # prefixes, the W3C's namespace names), which expat refuses to bind.
+                if _next_byte(p, text_a, k, 125) < k or (
+                        k - text_a >= 18 and sg_eq(p + text_a, <const unsigned char*> b"http://www.w3.org/", 18)):
+                    return False
             if acolon >= 0:
                 if not _is(p, j, acolon, b"xmlns", 5):
                     return False  # prefixed attributes: left to the reference
-                if text_a == k or nns == XML_MAX_NS:
+                if text_a == k or nns == XML_MAX_NS or (
+                        e - acolon - 1 >= 3 and sg_eq(p + acolon + 1, <const unsigned char*> b"xml", 3)):
                     return False
                 ns_a[nns] = acolon + 1
                 ns_len[nns] = e - acolon - 1

@@ -211,6 +211,21 @@ def test_xml_character_data_and_attribute_values_byte_by_byte():
     assert answered > 500
 
 
+@pytest.mark.parametrize("declaration", [
+    b'xmlns:xmlns="urn:x"', b'xmlns:xml="urn:x"', b'xmlns:xml="http://www.w3.org/XML/1998/namespace"',
+    b'xmlns="http://www.w3.org/2000/xmlns/"', b'xmlns:j="http://www.w3.org/2000/xmlns/"',
+    b'xmlns:j="http://www.w3.org/XML/1998/namespace"', b'xmlns="http://www.w3.org/XML/1998/namespace"',
+    b'xmlns:j="urn:a" xmlns:k="urn:a"', b'xmlns:j="urn:a" j:x="1" k:x="2" xmlns:k="urn:a"', b'xmlns=""',
+    b'xmlns="urn:a" xmlns="urn:b"', b'xmlns:j="a b"', b'xmlns:j="urn:{"', b'xmlns:j="urn:}"', b'xmlns:xmlx="urn:x"',
+])  # fmt: skip
+def test_xml_reserved_and_odd_namespace_declarations(declaration):
+    """Namespace declarations expat or ElementTree refuse, beside ones they take."""
+    doc = (b"<a " + declaration + b"><NLETSMessageHeader><MessageKeyCodeText>DQ</MessageKeyCodeText>"
+           b"<OriginatingORIID>AZ0070000</OriginatingORIID><DestinationORIID>CA</DestinationORIID>"
+           b"</NLETSMessageHeader></a>")  # fmt: skip
+    agrees("xml", doc)
+
+
 # ------------------------------------------------------------------------- JSON
 
 
