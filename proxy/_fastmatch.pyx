@@ -1057,6 +1057,14 @@ cdef inline uint64_t _party_key(const unsigned char* p, Py_ssize_t a, Py_ssize_t
     return k
 
 
+cdef inline uint64_t _party_packed(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """_party_key of a span a fast path has checked (_is_ori, _is_dst): 2 or 9
+    characters of A-Z 0-9, so packed without looking again."""
+    if b - a == 9:
+        return sg_pack6(sg_load8(p + a)) | (<uint64_t> (p[a + 8] & 63) << 48)
+    return <uint64_t> (p[a] & 63) | (<uint64_t> (p[a + 1] & 63) << 6)
+
+
 cdef inline int _mke_slot(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The table slot of a 2-3 letter key, or -1."""
     cdef int s = 0, i
@@ -1362,7 +1370,12 @@ cdef class Matcher:
 
     cdef inline int _party(self, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
         """The entry of the party spelled p[a:b]."""
-        cdef uint64_t key = _party_key(p, a, b), k
+        return self._party_at(_party_key(p, a, b), p, a, b)
+
+    cdef inline int _party_at(self, uint64_t key, const unsigned char* p, Py_ssize_t a,
+                              Py_ssize_t b) except -1:
+        """The entry of the party spelled p[a:b], whose key is given (0: not packable)."""
+        cdef uint64_t k
         cdef Py_ssize_t h, wrap
         if key:
             h = self._party_home(key)
@@ -1449,16 +1462,26 @@ cdef class Matcher:
             self.dst_acc[w] |= m[w]
 
     cdef int _decide_fields(self, const unsigned char* p, Fields* f, int direction) except -2:
-        """Decide what a fast path read; sets last_party too."""
+        """Decide what a fast path read (its ORI and destinations checked); sets
+        last_party too."""
         cdef int i, agency
-        self._dst_start()
-        for i in range(f.ndst):
-            self._dst_add(self._party(p, f.dst_a[i], f.dst_b[i]))
+        cdef uint64_t dst
+        if self.n_words == 1:
+            dst = self.dst_free[0]
+            for i in range(f.ndst):
+                dst |= self.party_masks[self._party_at(_party_packed(p, f.dst_a[i], f.dst_b[i]), p,
+                                                       f.dst_a[i], f.dst_b[i]) * self.party_stride + 1]
+            self.dst_acc[0] = dst
+        else:
+            self._dst_start()
+            for i in range(f.ndst):
+                self._dst_add(self._party_at(_party_packed(p, f.dst_a[i], f.dst_b[i]), p, f.dst_a[i],
+                                             f.dst_b[i]))
         # the agency last: entering a new party may clear the table
         if direction == DIR_IN:
-            agency = self._party(p, f.ori_a, f.ori_b)
+            agency = self._party_at(_party_packed(p, f.ori_a, f.ori_b), p, f.ori_a, f.ori_b)
         else:
-            agency = self._party(p, f.dst_a[0], f.dst_b[0])
+            agency = self._party_at(_party_packed(p, f.dst_a[0], f.dst_b[0]), p, f.dst_a[0], f.dst_b[0])
         self.last_party = agency
         return self._decide(agency, self.mke_row[_mke_slot(p, f.mke_a, f.mke_b)],
                             _code_row(&self.pur, p, f.code_a[0], f.code_b[0]),
