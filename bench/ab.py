@@ -5,6 +5,7 @@ the tree before it.
     git worktree add ../before HEAD~1
     python bench/ab.py --build ../before .        # builds each tree's extensions in place
     python bench/ab.py ../before . --rounds 6 --rate 10000 --trips 2000
+    python bench/ab.py ../before . --decide --pool 60000   # the decision path only
 
 Each round starts every tree's proxy in turn (the order reversed every other round)
 with the same config, policy and log settings as bench/e2e.py, and measures it the
@@ -19,6 +20,13 @@ same way, with e2e's load generator and switch:
 * serial round trips (`--trips`, 0: skipped): the proxy's CPU per round trip, one
   query in flight, so every chunk is one message.
 
+With `--decide`, a round measures each tree's compiled decision path instead, as
+bench/year.py runs it (`Engine.decide` over 64 KiB chunks of `--pool` distinct
+messages of the mix, framed len32, the example policy), in a process of its own with
+that tree's `proxy` on its path: ns a message, the fastest of `--passes` passes, since
+on a shared machine noise only ever adds.  A pool larger than the branch predictors
+can learn (tens of thousands) is what the year sees; a small pool flatters the code.
+
 It prints each round, then per tree the medians, and for every tree after the first
 the median over rounds of its ratio to the first tree in the same round, the figure
 to quote, since a round's trees share the machine's state of the moment.
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 import subprocess
 import sys
 import tempfile
@@ -50,7 +59,38 @@ MEASURES = {
     "p99_us": False,
     "cpu_us_per_query": False,
     "cpu_us_per_trip": False,
+    "decide_ns_per_msg": False,
 }
+
+#: The decision path of one tree, run with that tree's proxy on sys.path (--decide).
+DECIDE = """
+import sys, time
+from proxy._config import load_config
+from proxy._demo import EXAMPLE_POLICY
+from proxy._fastmatch import Engine, Matcher
+from proxy._framing import frame
+from proxy._pipeline import Sequencer
+from proxy._policy import compile_policy
+from proxy._traffic import TrafficGenerator
+import proxy._fastmatch
+if not proxy._fastmatch.__file__.startswith(sys.argv[4]):
+    raise SystemExit(f"loaded {proxy._fastmatch.__file__}, not the tree's engine")
+pool, passes, seed = (int(a) for a in sys.argv[1:4])
+policy = compile_policy(load_config(EXAMPLE_POLICY))
+matcher = Matcher(policy)
+gen = TrafficGenerator(seed, policy.state)
+stream = b"".join(frame(gen.query().payload, "len32") for _ in range(pool))
+chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", Sequencer())
+for c in chunks:  # every party seen once: the year's steady state
+    engine.decide(c, matcher)
+best = float("inf")
+for _ in range(passes):
+    t = time.perf_counter()
+    n = sum(engine.decide(c, matcher) for c in chunks)
+    best = min(best, (time.perf_counter() - t) / n * 1e9)
+print(best)
+"""
 
 
 def build(tree: Path) -> None:
@@ -70,6 +110,15 @@ def build(tree: Path) -> None:
 def shown(v: float) -> str:
     """A figure to read: whole numbers from 100 up, four significant digits below."""
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
+def measure_decide(tree: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One tree's decision path, in a process of its own (--decide)."""
+    out = subprocess.run([sys.executable, "-c", DECIDE, str(args.pool), str(args.passes), str(args.seed),
+                          str(tree)], cwd=tree, env={"PYTHONPATH": str(tree)}, capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        raise SystemExit(f"{tree}: the decision path did not run:\n{out.stderr}")
+    return {"decide_ns_per_msg": float(out.stdout)}
 
 
 def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -116,6 +165,8 @@ def main() -> int:
     ap.add_argument("--trips", type=int, default=1000, help="serial round trips a round (0: none)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--pool", type=int, default=20_000)
+    ap.add_argument("--decide", action="store_true", help="measure the decision path, not the proxy")
+    ap.add_argument("--passes", type=int, default=7, help="passes over the pool a round (--decide)")
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
     if args.build:
@@ -128,24 +179,36 @@ def main() -> int:
 
     print(machine(), flush=True)
     results: list[list[dict[str, float]]] = [[] for _ in trees]  # by index: a tree may come twice
-    switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", str(args.seed),
-                               "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
-    try:
-        switch_port = int(switch.stdout.readline())
-        with tempfile.TemporaryDirectory() as tmp:
-            order = list(range(len(trees)))
-            for r in range(args.rounds):
-                for i in order if r % 2 == 0 else order[::-1]:
-                    m = measure(trees[i], switch_port, Path(tmp), args)
-                    results[i].append(m)
-                    print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {shown(v)}" for k, v in m.items()),
-                          flush=True)  # fmt: skip
-    finally:
-        switch.terminate()
-        switch.wait(timeout=15)
 
+    def run_rounds(measure_one: Callable[[Path], dict[str, float]]) -> None:
+        order = list(range(len(trees)))
+        for r in range(args.rounds):
+            for i in order if r % 2 == 0 else order[::-1]:
+                m = measure_one(trees[i])
+                results[i].append(m)
+                print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {shown(v)}" for k, v in m.items()),
+                      flush=True)  # fmt: skip
+
+    if args.decide:
+        run_rounds(lambda tree: measure_decide(tree, args))
+    else:
+        switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", str(args.seed),
+                                   "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
+        try:
+            switch_port = int(switch.stdout.readline())
+            with tempfile.TemporaryDirectory() as tmp:
+                run_rounds(lambda tree: measure(tree, switch_port, Path(tmp), args))
+        finally:
+            switch.terminate()
+            switch.wait(timeout=15)
+    report(trees, results, args.rounds)
+    return 0
+
+
+def report(trees: list[Path], results: list[list[dict[str, float]]], rounds: int) -> None:
+    """Per tree the medians, and after the first tree the median per-round ratios."""
     base = results[0]
-    print(f"\nmedians of {args.rounds} rounds; for each tree after the first, the median of its "
+    print(f"\nmedians of {rounds} rounds; for each tree after the first, the median of its "
           "per-round ratio to the first (> 1: more of the measure)")  # fmt: skip
     for i, tree in enumerate(trees):
         print(f"  {tree}")
@@ -160,7 +223,6 @@ def main() -> int:
                 better = (ratio > 1) == more_is_better
                 line += f"   x{ratio:.3f} ({'better' if better else 'worse'})"
             print(line)
-    return 0
 
 
 if __name__ == "__main__":

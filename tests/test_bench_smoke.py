@@ -78,6 +78,17 @@ def test_ab_smoke():
     assert len(ratios) == 7 and all(r > 0 for r in ratios)
 
 
+def test_ab_decide_smoke():
+    """bench/ab.py --decide: each tree's decision path in a process of its own, in turn."""
+    tree = str(BENCH.parent)
+    out = bench(str(BENCH / "ab.py"), tree, tree, "--decide", "--rounds", "2", "--pool", "3000", "--passes", "2")
+    assert out.count("round 1 ") == 2 and out.count("round 2 ") == 2
+    medians = out.split("medians of 2 rounds")[1]
+    assert "decide_ns_per_msg" in medians
+    ratio = float(medians.split("   x")[1].split()[0])
+    assert 0.2 < ratio < 5  # the same tree twice: a reading, not a wild one
+
+
 def test_soak_smoke():
     out = bench(str(BENCH / "soak.py"), "--messages", "4000", "--connections", "2")
     assert "mismatches: 0" in out
