@@ -254,12 +254,18 @@ cdef extern from *:
        to memcmp costs more than the comparing. */
     static inline int sg_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) {
         Py_ssize_t k;
+        uint32_t x, y, z, t;
         if (n >= 8) {
             /* eight bytes at a time, the last eight once (overlapping) */
             for (k = 0; k + 8 < n; k += 8)
                 if (sg_load8(a + k) != sg_load8(b + k))
                     return 0;
             return sg_load8(a + n - 8) == sg_load8(b + n - 8);
+        }
+        if (n >= 4) {
+            /* the first four and the last four (overlapping) */
+            memcpy(&x, a, 4); memcpy(&y, b, 4); memcpy(&z, a + n - 4, 4); memcpy(&t, b + n - 4, 4);
+            return x == y && z == t;
         }
         for (k = 0; k < n; k++)
             if (a[k] != b[k])
@@ -837,34 +843,28 @@ cdef Py_ssize_t _jvalue(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int 
                 return -1
             i = _jws(p, i + 1, n)
     if c == 116:
-        return i + 4 if i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"true", 4) else -1
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"true", 4) == 0 else -1
     if c == 102:
-        return i + 5 if i + 5 <= n and sg_eq(p + i, <const unsigned char*> b"false", 5) else -1
+        return i + 5 if i + 5 <= n and memcmp(p + i, b"false", 5) == 0 else -1
     if c == 110:
-        return i + 4 if i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"null", 4) else -1
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"null", 4) == 0 else -1
     return _jnumber(p, i, n)
 
 
-cdef inline unsigned _three(const unsigned char* p) noexcept nogil:
-    """Three bytes as one number, to tell short keys apart in one comparison."""
-    return p[0] | (<unsigned> p[1] << 8) | (<unsigned> p[2] << 16)
-
 cdef inline int _jkey(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The known key spelled p[a:b] (inside the quotes), or -1."""
-    cdef unsigned k
     if b - a == 4:
-        return JK_BODY if _three(p + a) == _three(b"bod") and p[a + 3] == 121 else -1  # body
+        return JK_BODY if memcmp(p + a, b"body", 4) == 0 else -1
     if b - a != 3:
         return -1
-    k = _three(p + a)
-    if k == _three(b"mke"): return JK_MKE
-    if k == _three(b"ori"): return JK_ORI
-    if k == _three(b"dst"): return JK_DST
-    if k == _three(b"ctl"): return JK_CTL
-    if k == _three(b"pur"): return JK_PUR
-    if k == _three(b"rsn"): return JK_RSN
-    if k == _three(b"atn"): return JK_ATN
-    if k == _three(b"imq"): return JK_IMQ
+    if memcmp(p + a, b"mke", 3) == 0: return JK_MKE
+    if memcmp(p + a, b"ori", 3) == 0: return JK_ORI
+    if memcmp(p + a, b"dst", 3) == 0: return JK_DST
+    if memcmp(p + a, b"ctl", 3) == 0: return JK_CTL
+    if memcmp(p + a, b"pur", 3) == 0: return JK_PUR
+    if memcmp(p + a, b"rsn", 3) == 0: return JK_RSN
+    if memcmp(p + a, b"atn", 3) == 0: return JK_ATN
+    if memcmp(p + a, b"imq", 3) == 0: return JK_IMQ
     return -1
 
 
@@ -957,7 +957,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                     return False
                 el_a[k - JK_CTL] = i + 1
                 el_b[k - JK_CTL] = e - 1
-            elif i + 4 <= n and sg_eq(p + i, <const unsigned char*> b"null", 4):
+            elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
                 e = i + 4
             else:
                 return False
