@@ -41,40 +41,24 @@ cdef extern from *:
     #include <emmintrin.h>
     #endif
     /* The index of the first byte of p[i:n] that is below 0x20, 0x7f or above, or
-       equal to a, b, c or d; n if none.  Sixteen bytes at a time where SSE2 is there,
-       the last sixteen of p[:n] once for the tail (those before i masked off). */
+       equal to a, b, c or d; n if none.  Sixteen bytes at a time where SSE2 is there. */
     static inline Py_ssize_t sg_find_special4(const unsigned char* p, Py_ssize_t i,
                                               Py_ssize_t n, unsigned char a, unsigned char b,
                                               unsigned char c, unsigned char d) {
     #if defined(__SSE2__)
-        if (n >= 16) {
-            const __m128i lo = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
-            const __m128i va = _mm_set1_epi8((char) a), vb = _mm_set1_epi8((char) b);
-            const __m128i vc = _mm_set1_epi8((char) c), vd = _mm_set1_epi8((char) d);
-            int bits;
-            for (;;) {
-                int last = i + 16 > n;
-                __m128i v, m;
-                if (last) {
-                    if (i >= n)
-                        return n;
-                    v = _mm_loadu_si128((const __m128i*) (p + n - 16));
-                } else {
-                    v = _mm_loadu_si128((const __m128i*) (p + i));
-                }
-                /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
-                m = _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, del));
-                m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
-                m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, vc), _mm_cmpeq_epi8(v, vd)));
-                bits = _mm_movemask_epi8(m);
-                if (last) {
-                    bits >>= 16 - (n - i);  /* bit 0 is now p[i] */
-                    return bits ? i + __builtin_ctz(bits) : n;
-                }
-                if (bits)
-                    return i + __builtin_ctz(bits);
-                i += 16;
-            }
+        const __m128i lo = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
+        const __m128i va = _mm_set1_epi8((char) a), vb = _mm_set1_epi8((char) b);
+        const __m128i vc = _mm_set1_epi8((char) c), vd = _mm_set1_epi8((char) d);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*) (p + i));
+            /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
+            __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, del));
+            m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
+            m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, vc), _mm_cmpeq_epi8(v, vd)));
+            int bits = _mm_movemask_epi8(m);
+            if (bits)
+                return i + __builtin_ctz(bits);
+            i += 16;
         }
     #endif
         for (; i < n; i++) {
@@ -84,30 +68,10 @@ cdef extern from *:
         }
         return n;
     }
-    /* The index of the first byte of p[i:n] that is below 0x20, 0x7f or above, or
-       equal to a or b; n if none. */
+    /* The same for two bytes, a and b. */
     static inline Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i,
                                              Py_ssize_t n, unsigned char a, unsigned char b) {
-    #if defined(__SSE2__)
-        const __m128i lo = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f);
-        const __m128i va = _mm_set1_epi8((char) a), vb = _mm_set1_epi8((char) b);
-        while (i + 16 <= n) {
-            __m128i v = _mm_loadu_si128((const __m128i*) (p + i));
-            /* signed: bytes of 0x80 and above are negative, so below 0x20 too */
-            __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, del));
-            m = _mm_or_si128(m, _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb)));
-            int bits = _mm_movemask_epi8(m);
-            if (bits)
-                return i + __builtin_ctz(bits);
-            i += 16;
-        }
-    #endif
-        for (; i < n; i++) {
-            unsigned char c = p[i];
-            if (c < 0x20 || c >= 0x7f || c == a || c == b)
-                return i;
-        }
-        return n;
+        return sg_find_special4(p, i, n, a, b, b, b);
     }
     /* The index of the first c in p[i:n], n if none; p[0:n] may be read.  The fast
        paths look for a byte a few dozen bytes ahead at most, where a call to memchr
@@ -513,14 +477,14 @@ cdef inline Py_ssize_t _strip_b(const unsigned char* p, Py_ssize_t a, Py_ssize_t
 cdef inline bint _upper(unsigned char c) noexcept nogil:
     return 65 <= c <= 90
 
-#: A party character's base-37 digit: A-Z 1-26, 0-9 27-36, anything else 0.
-cdef unsigned char[256] _B37
+#: 1 for a party character, A-Z or 0-9; else 0.
+cdef unsigned char[256] _ALNUM
 for _c in range(256):
-    _B37[_c] = (_c - 64 if 65 <= _c <= 90 else _c - 48 + 27 if 48 <= _c <= 57 else 0)
+    _ALNUM[_c] = 65 <= _c <= 90 or 48 <= _c <= 57
 
 cdef inline bint _alnum(unsigned char c) noexcept nogil:
     """A-Z or 0-9."""
-    return _B37[c] != 0
+    return _ALNUM[c]
 
 cdef inline bint _is_ori(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """p[a:b] is an originating ORI: 9 characters of A-Z 0-9, the first two letters."""
@@ -994,8 +958,8 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 #  - a party (an agency or a destination: 2 or 9 characters of A-Z 0-9) is packed
 #    into a 64-bit key (six bits a character) and found in an open-addressing table
 #    whose entry holds its agency mask, its destination mask and its groups; filled
-#    on first sight, cleared
-#    when CACHE_LIMIT parties are in it (a hostile stream of new ORIs cannot grow it);
+#    on first sight, cleared when CACHE_LIMIT parties are in it (a hostile stream of
+#    new ORIs cannot grow it);
 #  - a message key (2-3 letters) indexes a table of 27**3 rows, filled at start;
 #  - a purpose or reason code is compared with the few codes the rules name.
 
