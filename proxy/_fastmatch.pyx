@@ -1080,9 +1080,6 @@ cdef class Matcher:
     cdef uint64_t* decide_mask
     cdef uint64_t* shadow_mask
     cdef uint64_t* deny_mask
-    cdef uint64_t* dir_masks      # [DIR_IN], [DIR_OUT]
-    cdef uint64_t* imq_masks      # [False], [True]
-    cdef uint64_t* atn_masks      # [missing], [present]
     cdef uint64_t* dst_free
     cdef uint64_t* agency_none
     cdef uint64_t* flag_masks     # [(direction * 2 + imq) * 2 + has_atn]: the three ANDed
@@ -1131,6 +1128,9 @@ cdef class Matcher:
         cdef Py_ssize_t n
         cdef const unsigned char* s
         cdef const char* text
+        cdef const uint64_t* dir_masks    # [DIR_IN], [DIR_OUT]: for flag_masks alone
+        cdef const uint64_t* imq_masks    # [False], [True]
+        cdef const uint64_t* atn_masks    # [missing], [present]
         self.policy = policy
         self.rev = policy.rev
         self.mode = policy.mode
@@ -1158,20 +1158,20 @@ cdef class Matcher:
         self.decide_mask = self._fill(0, [not r.shadow for r in rules])
         self.shadow_mask = self._fill(1, [r.shadow for r in rules])
         self.deny_mask = self._fill(2, [r.action == "deny" for r in rules])
-        self.dir_masks = self._fill(3, [r.direction in ("in", "any") for r in rules])
+        dir_masks = self._fill(3, [r.direction in ("in", "any") for r in rules])
         self._fill(4, [r.direction in ("out", "any") for r in rules])
-        self.imq_masks = self._fill(5, [r.photo is None or not r.photo for r in rules])
+        imq_masks = self._fill(5, [r.photo is None or not r.photo for r in rules])
         self._fill(6, [r.photo is None or r.photo for r in rules])
-        self.atn_masks = self._fill(7, [r.attention != "present" for r in rules])
+        atn_masks = self._fill(7, [r.attention != "present" for r in rules])
         self._fill(8, [r.attention != "missing" for r in rules])
         self.dst_free = self._fill(9, [r.dst is None for r in rules])
         self.agency_none = self._fill(10, [r.agency is None for r in rules])
         self.flag_masks = _alloc(8 * nw)
         for k in range(8):
             for i in range(nw):
-                self.flag_masks[k * nw + i] = (self.dir_masks[(k >> 2) * nw + i]
-                                               & self.imq_masks[((k >> 1) & 1) * nw + i]
-                                               & self.atn_masks[(k & 1) * nw + i])
+                self.flag_masks[k * nw + i] = (dir_masks[(k >> 2) * nw + i]
+                                               & imq_masks[((k >> 1) & 1) * nw + i]
+                                               & atn_masks[(k & 1) * nw + i])
 
         # message keys: row 0 for keys no rule names, then one row per named key
         named = [key for key in sorted({key for r in rules if r.mke is not None for key in r.mke})
@@ -2027,6 +2027,11 @@ cdef enum:
     FR_OVERSIZE = 2
 
 
+cdef inline unsigned long long _be32(const unsigned char* h) noexcept nogil:
+    """A len32 frame's declared payload size: four bytes, big-endian."""
+    return (<unsigned long long> h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]
+
+
 @cython.final
 cdef class _Framer:
     """Compiled framing; the plain statement is proxy._framing.
@@ -2071,9 +2076,8 @@ cdef class _Framer:
         from the chunk's first bytes; with len32, when the chunk holds all that it
         lacks, only that frame is returned, and resume() then gives the chunk from the
         byte after it, so that a chunk is not copied whole to join a few carried
-        bytes (its copy took some 5% of the decision path's time)."""
+        bytes (bench/README.md: a few percent of the decision path)."""
         cdef Py_ssize_t taken, have, size, need
-        cdef const unsigned char* h
         cdef bytes head
         self.rest = None
         if self.skip:
@@ -2087,8 +2091,7 @@ cdef class _Framer:
         if not self.delimited:
             head = self.buf[:4] if have >= 4 else self.buf + data[:4 - have]
             if len(head) == 4:
-                h = <const unsigned char*> PyBytes_AS_STRING(head)
-                size = <Py_ssize_t> ((<unsigned long long> h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3])
+                size = <Py_ssize_t> _be32(<const unsigned char*> PyBytes_AS_STRING(head))
                 need = 4 + size - have
                 if size <= self.max_frame and need <= len(data):
                     self.rest = data
@@ -2117,7 +2120,7 @@ cdef class _Framer:
         if not self.delimited:
             if n - i < 4:
                 return FR_NONE
-            size = (<unsigned long long> p[i] << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3]
+            size = _be32(p + i)
             avail = n - i - 4
             if size > <unsigned long long> self.max_frame:
                 a[0] = <Py_ssize_t> size
