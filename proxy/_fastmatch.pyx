@@ -535,6 +535,7 @@ cdef enum:
 
 cdef struct Fields:
     int fmt
+    int mke_slot                     # _mke_slot of the key, which the fast path checked
     Py_ssize_t mke_a, mke_b, ori_a, ori_b
     Py_ssize_t ctl_a, ctl_b          # -1: none
     int ndst
@@ -938,7 +939,8 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
     # The parse was clean: from here every failure is the reference's too.
     if (seen & 7) != 7:
         return REJECTED  # mke, ori and dst are required
-    if bad or _mke_slot(p, f.mke_a, f.mke_b) < 0 or not _is_ori(p, f.ori_a, f.ori_b):
+    f.mke_slot = _mke_slot(p, f.mke_a, f.mke_b)
+    if bad or f.mke_slot < 0 or not _is_ori(p, f.ori_a, f.ori_b):
         return REJECTED
     # ctl: not stripped; empty is none
     f.ctl_a = f.ctl_b = -1
@@ -973,6 +975,7 @@ cdef enum:
 
 cdef struct CodeTable:       # the codes the rules name for one code field, and their rows
     int count
+    int[256] row1              # the row of each one-byte code, the common kind
     Py_ssize_t* length         # per named code: its length in UTF-8 ...
     const char** text          # ... and its bytes (in a bytes object the Matcher keeps)
     uint64_t* masks            # rows: ROW_ABSENT, ROW_OTHER, then each named code
@@ -991,6 +994,8 @@ cdef inline Py_ssize_t _code_row(const CodeTable* t, const unsigned char* p, Py_
     cdef Py_ssize_t i
     if a < 0:
         return ROW_ABSENT
+    if b - a == 1:
+        return t.row1[p[a]]
     for k in range(t.count):
         if t.length[k] == b - a:
             i = 0
@@ -1250,6 +1255,11 @@ cdef class Matcher:
         if out.length == NULL or out.text == NULL:
             raise MemoryError()
         out.count = len(named)
+        for k in range(256):
+            out.row1[k] = ROW_OTHER
+        for k, code in enumerate(named):
+            if len(code.encode("utf-8", "surrogatepass")) == 1:
+                out.row1[ord(code)] = 2 + k
         cdef uint64_t* masks = _alloc((2 + len(named)) * self.n_words)
         out.masks = masks
         self._set_row(masks, ROW_ABSENT, [cond is None or "none" in cond for cond in conditions])
@@ -1370,7 +1380,7 @@ cdef class Matcher:
 
     # ------------------------------------------------------------------ decide
 
-    cdef int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn, bint has_atn,
+    cdef inline int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn, bint has_atn,
                      bint imq, int direction) noexcept:
         """The decision from rows; dst_acc must hold the destinations' mask.  agency:
         the agency's party entry, -1 when there is none.  Sets last_rule (-1: default),
@@ -1447,7 +1457,7 @@ cdef class Matcher:
         else:
             agency = self._party_at(_party_packed(p, f.dst_a[0], f.dst_b[0]), p, f.dst_a[0], f.dst_b[0])
         self.last_party = agency
-        return self._decide(agency, self.mke_row[_mke_slot(p, f.mke_a, f.mke_b)],
+        return self._decide(agency, self.mke_row[f.mke_slot],
                             _code_row(&self.pur, p, f.code_a[0], f.code_b[0]),
                             _code_row(&self.rsn, p, f.code_a[1], f.code_b[1]),
                             f.code_a[2] >= 0, f.imq, direction)
@@ -1617,7 +1627,8 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     # The reference's choice: the input form has a third segment, and a non-empty one
     # when there are exactly three.
     output_form = dot2 == end or dot2 == end - 1
-    if _mke_slot(p, f.mke_a, f.mke_b) < 0 or not _is_ori(p, f.ori_a, f.ori_b):
+    f.mke_slot = _mke_slot(p, f.mke_a, f.mke_b)
+    if f.mke_slot < 0 or not _is_ori(p, f.ori_a, f.ori_b):
         return REJECTED
     f.ndst = 0
     if not output_form:
@@ -1999,7 +2010,8 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
     # the header's values, stripped and checked as the reference checks them
     mke_a = _strip_a(p, mke_a, mke_b)
     mke_b = _strip_b(p, mke_a, mke_b)
-    if _mke_slot(p, mke_a, mke_b) < 0:
+    out.mke_slot = _mke_slot(p, mke_a, mke_b)
+    if out.mke_slot < 0:
         return False
     ori_a = _strip_a(p, ori_a, ori_b)
     ori_b = _strip_b(p, ori_a, ori_b)
@@ -2111,7 +2123,7 @@ cdef class _Framer:
     cdef void keep(self, bytes src, Py_ssize_t pos):
         self.buf = src[pos:] if pos < len(src) else b""
 
-    cdef int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, Py_ssize_t* a,
+    cdef inline int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, Py_ssize_t* a,
                   Py_ssize_t* b, Py_ssize_t* raw_a, Py_ssize_t* raw_b) noexcept:
         """The next frame at pos: FR_FRAME with its payload [a, b) and its bytes on
         the wire [raw_a, raw_b); FR_OVERSIZE with its size in a; or FR_NONE."""

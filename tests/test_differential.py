@@ -49,9 +49,9 @@ def random_policy_text(rng: random.Random) -> str:
         if rng.random() < 0.2:
             lines.append(f"photo = {rng.choice(['true', 'false'])}")
         if rng.random() < 0.25:
-            lines.append(f"purpose = {_toml_list(_pick(rng, ['none', 'C', 'F', 'E']))}")
+            lines.append(f"purpose = {_toml_list(_pick(rng, ['none', 'C', 'F', 'E', 'CJ']))}")
         if rng.random() < 0.25:
-            lines.append(f"reason = {_toml_list(_pick(rng, ['none', 'I', 'N', 'V']))}")
+            lines.append(f"reason = {_toml_list(_pick(rng, ['none', 'I', 'N', 'V', 'IV']))}")
         if rng.random() < 0.2:
             lines.append(f'attention = "{rng.choice(["missing", "present"])}"')
         if rng.random() < 0.2:
@@ -68,8 +68,8 @@ def random_message(rng: random.Random) -> Message:
         ori=rng.choice(ORIS),
         dst=tuple(rng.choice(CODES2 + ORIS) for _ in range(rng.randint(1, 5))),
         ctl=None,
-        pur=rng.choice([None, None, "C", "F", "E", "J", "none"]),
-        rsn=rng.choice([None, "I", "N", "V", "T", "none"]),
+        pur=rng.choice([None, None, "C", "F", "E", "J", "none", "CJ", "CF"]),
+        rsn=rng.choice([None, "I", "N", "V", "T", "none", "IV", "VI"]),
         atn=rng.choice([None, "SA DOE"]),
         imq=rng.random() < 0.3,
     )
