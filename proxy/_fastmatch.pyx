@@ -236,9 +236,29 @@ cdef extern from *:
                 return 0;
         return 1;
     }
+    /* sg_eq for an end tag's name against its start tag's: names of 8 to 32 bytes
+       are compared as their first and last eight or sixteen bytes (overlapping),
+       without a loop or a branch per word (a[:n] and b[:n] only are read). */
+    static inline int sg_eq_name(const unsigned char* a, const unsigned char* b, Py_ssize_t n) {
+        if (n >= 8 && n <= 16)
+            return ((sg_load8(a) ^ sg_load8(b)) | (sg_load8(a + n - 8) ^ sg_load8(b + n - 8))) == 0;
+    #if defined(__SSE2__)
+        if (n > 16 && n <= 32) {
+            __m128i head = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*) a),
+                                          _mm_loadu_si128((const __m128i*) b));
+            __m128i tail = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*) (a + n - 16)),
+                                          _mm_loadu_si128((const __m128i*) (b + n - 16)));
+            return _mm_movemask_epi8(_mm_and_si128(head, tail)) == 0xFFFF;
+        }
+    #endif
+        return sg_eq(a, b, n);
+    }
     /* A-Z a-z _: what an XML name (as the fast path reads names) starts with. */
+    static const unsigned char sg_name_start_tab[256] = {
+        ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['_'] = 1,
+    };
     static inline int sg_name_start(unsigned char c) {
-        return (unsigned char) ((c | 32) - 'a') < 26 || c == '_';
+        return sg_name_start_tab[c];
     }
     /* The end of the XML name at p[i] (A-Z a-z _ to start, then those, 0-9, '-' and
        '.', with at most one colon, which a name start must follow), or -1.
@@ -398,6 +418,7 @@ cdef extern from *:
     bint sg_alnum8(uint64_t x) noexcept nogil
     uint64_t sg_pack6(uint64_t x) noexcept nogil
     bint sg_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil
+    bint sg_eq_name(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil
     Py_ssize_t sg_qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                         Py_ssize_t* colon) noexcept nogil
     Py_ssize_t sg_xml_scan(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
@@ -460,9 +481,14 @@ cdef inline Py_ssize_t _next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize
     """The index of the next c from i, or n; p[0:n] may be read."""
     return sg_next_byte(p, i, n, c)
 
+cdef unsigned char[256] _WS
+for _c in range(256):
+    _WS[_c] = _c in (32, 9, 10)
+
 cdef inline bint _ws(unsigned char c) noexcept nogil:
-    """Whitespace the fast paths can meet (they decline CR and other controls)."""
-    return c == 32 or c == 9 or c == 10
+    """Whitespace the fast paths can meet (they decline CR and other controls): a
+    table, which the XML fast path's many short skips read without a branch."""
+    return _WS[c]
 
 cdef inline Py_ssize_t _strip_a(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     while a < b and _ws(p[a]):
@@ -619,7 +645,7 @@ cdef inline const XmlName* _xml_name(const XmlNames* names, const unsigned char*
     if not (names.lengths >> (n if n < 63 else 63)) & 1:
         return NULL
     for k in range(names.count):
-        if names.name[k].length == n and sg_eq(p + a, <const unsigned char*> names.name[k].name, n):
+        if names.name[k].length == n and sg_eq_name(p + a, <const unsigned char*> names.name[k].name, n):
             return &names.name[k]
     return NULL
 
@@ -1855,7 +1881,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                 return False
             # the open element's name (checked when it opened), and no more of a name
             j = i + 2 + open_len[depth - 1]
-            if j >= n or not sg_eq(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) \
+            if j >= n or not sg_eq_name(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) \
                     or _name_char(p[j]) or p[j] == 58:
                 return False
             while j < n and _ws(p[j]):

@@ -211,6 +211,47 @@ def test_xml_character_data_and_attribute_values_byte_by_byte():
     assert answered > 500
 
 
+def test_xml_end_tag_names_of_every_length_differing_at_every_byte():
+    """An end tag must name its start tag exactly.  The names are compared a word or
+    sixteen bytes at a time, overlapping, so a name of each length up to 40 is closed
+    by itself (read), and by a name differing at each one byte or one longer or
+    shorter (both refused); and a body name the fast path looks up likewise."""
+    head = (b"<NLETSMessageHeader><MessageKeyCodeText>DQ</MessageKeyCodeText>"
+            b"<OriginatingORIID>AZ0070000</OriginatingORIID><DestinationORIID>CA</DestinationORIID>"
+            b"</NLETSMessageHeader>")  # fmt: skip
+    read = refused = 0
+    for length in range(1, 41):
+        name = bytes(b"abcdefghijklmnopqrstuvwxyz0123456789ABCD"[:length])
+        closings = [name + b"x", name[:-1]] if length > 1 else [name + b"x"]
+        for i in range(length):
+            closings.append(name[:i] + (b"Z" if name[i : i + 1] != b"Z" else b"Y") + name[i + 1 :])
+        for el in (name, b"j:" + name):
+            ns = b' xmlns:j="urn:j"' if el.startswith(b"j:") else b""
+            good = b"<r" + ns + b"><" + el + b">v</" + el + b">" + head + b"</r>"
+            assert fast_xml_outcome(good) == "read" and agrees("xml", good), good
+            read += 1
+            for closing in closings:
+                close = (b"j:" if el.startswith(b"j:") else b"") + closing
+                bad = b"<r" + ns + b"><" + el + b">v</" + close + b">" + head + b"</r>"
+                assert fast_xml_outcome(bad) != "read", bad
+                agrees("xml", bad)
+                refused += 1
+    # PurposeCode (11 bytes) and a near miss, as a body name the fast path reads
+    for name in (b"PurposeCode", b"PurposeCodf", b"PurposeCod", b"PurposeCodeX"):
+        doc = b"<r>" + head + b"<" + name + b">C</" + name + b"></r>"
+        assert fast_xml_outcome(doc) == "read" and agrees("xml", doc)
+    assert read == 80 and refused > 1600
+
+
+def fast_xml_outcome(payload: bytes) -> str:
+    """What the XML fast path made of a payload: read, declined or rejected."""
+    try:
+        msg = fast_decode_xml(payload, xml_body_names(DEFAULT_XML_FIELDS))
+    except Malformed:
+        return "rejected"
+    return "declined" if msg is None else "read"
+
+
 @pytest.mark.parametrize("declaration", [
     b'xmlns:xmlns="urn:x"', b'xmlns:xml="urn:x"', b'xmlns:xml="http://www.w3.org/XML/1998/namespace"',
     b'xmlns="http://www.w3.org/2000/xmlns/"', b'xmlns:j="http://www.w3.org/2000/xmlns/"',
