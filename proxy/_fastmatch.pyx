@@ -1283,16 +1283,16 @@ cdef class Matcher:
         out.count = len(named)
         for k in range(256):
             out.row1[k] = ROW_OTHER
-        for k, code in enumerate(named):
-            if len(code.encode("utf-8", "surrogatepass")) == 1:
-                out.row1[ord(code)] = 2 + k
         cdef uint64_t* masks = _alloc((2 + len(named)) * self.n_words)
         out.masks = masks
         self._set_row(masks, ROW_ABSENT, [cond is None or "none" in cond for cond in conditions])
         self._set_row(masks, ROW_OTHER, [cond is None for cond in conditions])
+        encoded = [c.encode("utf-8", "surrogatepass") for c in named]
         for k, code in enumerate(named):
             self._set_row(masks, 2 + k, [cond is None or code in cond for cond in conditions])
-        return [c.encode("utf-8", "surrogatepass") for c in named]
+            if len(encoded[k]) == 1:
+                out.row1[encoded[k][0]] = 2 + k  # a one-byte code: its row without a search
+        return encoded
 
     # ------------------------------------------------------------- parties
 
@@ -1406,8 +1406,8 @@ cdef class Matcher:
 
     # ------------------------------------------------------------------ decide
 
-    cdef inline int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn, bint has_atn,
-                     bint imq, int direction) noexcept:
+    cdef inline int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn,
+                            bint has_atn, bint imq, int direction) noexcept:
         """The decision from rows; dst_acc must hold the destinations' mask.  agency:
         the agency's party entry, -1 when there is none.  Sets last_rule (-1: default),
         last_shadow (-1: none); returns ACT_ALLOW or ACT_DENY."""
@@ -2149,8 +2149,8 @@ cdef class _Framer:
     cdef void keep(self, bytes src, Py_ssize_t pos):
         self.buf = src[pos:] if pos < len(src) else b""
 
-    cdef inline int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, Py_ssize_t* a,
-                  Py_ssize_t* b, Py_ssize_t* raw_a, Py_ssize_t* raw_b) noexcept:
+    cdef inline int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                         Py_ssize_t* a, Py_ssize_t* b, Py_ssize_t* raw_a, Py_ssize_t* raw_b) noexcept:
         """The next frame at pos: FR_FRAME with its payload [a, b) and its bytes on
         the wire [raw_a, raw_b); FR_OVERSIZE with its size in a; or FR_NONE."""
         cdef unsigned long long size
