@@ -7,6 +7,9 @@ figures do not move with a shared machine's noise as wall time does.
     callgrind_annotate --inclusive=yes cg.out | grep -E "Engine__run |Engine__line "
 
 ``--decide`` runs ``Engine.decide`` (no log lines) instead of ``Engine.feed``.
+``--format F`` takes 1,000 generated messages of the one format F (text, xml or json,
+with the generator's share of malformed ones) instead of the mix, for the cost of each
+format alone.
 ``--log`` also does what the proxy does with each batch, but for the sockets: writes
 its lines to a sealed decision log (the proxy's defaults: SHA-256, seals every 1,000
 lines, fsync after each in the background, the synced pages dropped behind, in
@@ -28,8 +31,10 @@ from _common import machine  # noqa: E402
 from test_micro import MATCHER, STREAM, TS  # noqa: E402
 
 from proxy._fastmatch import Engine  # noqa: E402
+from proxy._framing import frame  # noqa: E402
 from proxy._log import DecisionLog  # noqa: E402
 from proxy._pipeline import Sequencer  # noqa: E402
+from proxy._traffic import TrafficGenerator  # noqa: E402
 
 
 def main() -> int:
@@ -37,12 +42,18 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=3000)
     ap.add_argument("--decide", action="store_true", help="Engine.decide: no log lines")
     ap.add_argument("--log", action="store_true", help="and write each batch as the proxy does")
-    ap.add_argument("--chunk", type=int, default=len(STREAM), help="bytes a chunk (default: the stream)")
+    ap.add_argument("--chunk", type=int, help="bytes a chunk (default: the stream)")
+    ap.add_argument("--format", choices=("text", "xml", "json"), help="one format instead of the mix")
     args = ap.parse_args()
     if args.decide and args.log:
         ap.error("--log needs the lines that --decide does not make")
     print(machine(), flush=True)
-    chunks = [STREAM[i : i + args.chunk] for i in range(0, len(STREAM), args.chunk)]
+    stream = STREAM
+    if args.format:
+        gen = TrafficGenerator(5, formats=((args.format, 1),))
+        stream = b"".join(frame(gen.query().payload, "len32") for _ in range(1000))
+    chunk = args.chunk or len(stream)
+    chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
     engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"\r\n\x7f", Sequencer())
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as sink:
         log = DecisionLog(Path(tmp) / "d.jsonl") if args.log else None

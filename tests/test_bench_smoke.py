@@ -100,6 +100,7 @@ def test_soak_smoke():
     ("fsyncstall.py", ["--writes", "50", "--runs", "1"], "reserved, drop-behind"),
     ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
     ("feedloop.py", ["--passes", "3", "--log", "--chunk", "65536"], "Engine.feed and the log: 3,000 messages"),
+    ("feedloop.py", ["--passes", "2", "--decide", "--format", "xml"], "Engine.decide: 2,000 messages"),
 ])  # fmt: skip
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)
