@@ -327,6 +327,9 @@ cdef extern from *:
     static inline Py_ssize_t sg_xml_scan(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                          unsigned char s1, unsigned char s2) {
         unsigned char c;
+        /* Markup follows markup at once in most documents ("</a><b>"): no search */
+        if (i < n && (p[i] == s1 || p[i] == s2))
+            return i;
         for (;;) {
             i = sg_find_special4(p, i, n, s1, s2, '&', ']');
             if (i >= n)
