@@ -253,12 +253,16 @@ cdef extern from *:
     #endif
         return sg_eq(a, b, n);
     }
-    /* A-Z a-z _: what an XML name (as the fast path reads names) starts with. */
-    static const unsigned char sg_name_start_tab[256] = {
-        ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['_'] = 1,
+    /* An XML name, as the fast path reads names: A-Z a-z _ to start (bit 1), then
+       those, 0-9, '-' and '.' (bit 2). */
+    static const unsigned char sg_name_class[256] = {
+        ['A' ... 'Z'] = 3, ['a' ... 'z'] = 3, ['_'] = 3, ['0' ... '9'] = 2, ['-'] = 2, ['.'] = 2,
     };
     static inline int sg_name_start(unsigned char c) {
-        return sg_name_start_tab[c];
+        return sg_name_class[c] & 1;
+    }
+    static inline int sg_name_char(unsigned char c) {
+        return sg_name_class[c] & 2;
     }
     /* The end of the XML name at p[i] (A-Z a-z _ to start, then those, 0-9, '-' and
        '.', with at most one colon, which a name start must follow), or -1.
@@ -306,8 +310,7 @@ cdef extern from *:
                 if (c >= 0)
                     return -1;
                 c = i;
-            } else if (!(((unsigned char) ((x | 32) - 'a') < 26) || (unsigned char) (x - '0') < 10
-                         || x == '_' || x == '.' || x == '-')) {
+            } else if (!sg_name_char(x)) {
                 break;
             }
         }
@@ -422,6 +425,7 @@ cdef extern from *:
     uint64_t sg_pack6(uint64_t x) noexcept nogil
     bint sg_eq(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil
     bint sg_eq_name(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil
+    bint sg_name_char(unsigned char c) noexcept nogil
     Py_ssize_t sg_qname(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                         Py_ssize_t* colon) noexcept nogil
     Py_ssize_t sg_xml_scan(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
@@ -1020,18 +1024,13 @@ cdef inline Py_ssize_t _code_row(const CodeTable* t, const unsigned char* p, Py_
                                  Py_ssize_t b) noexcept nogil:
     """The row of the code p[a:b] (a < 0: no code)."""
     cdef int k
-    cdef Py_ssize_t i
     if a < 0:
         return ROW_ABSENT
     if b - a == 1:
         return t.row1[p[a]]
     for k in range(t.count):
-        if t.length[k] == b - a:
-            i = 0
-            while i < b - a and <unsigned char> t.text[k][i] == p[a + i]:
-                i += 1
-            if i == b - a:
-                return 2 + k
+        if t.length[k] == b - a and sg_eq(p + a, <const unsigned char*> t.text[k], b - a):
+            return 2 + k
     return ROW_OTHER
 
 
@@ -1041,11 +1040,8 @@ cdef inline uint64_t _party_key(const unsigned char* p, Py_ssize_t a, Py_ssize_t
     0 if not packable.  An ORI, the common case, is one eight-byte word and a byte."""
     cdef uint64_t k = 0
     cdef Py_ssize_t i
-    if b - a == 9:
-        k = sg_load8(p + a)
-        if not sg_alnum8(k) or not _alnum(p[a + 8]):
-            return 0
-        return sg_pack6(k) | (<uint64_t> (p[a + 8] & 63) << 48)
+    if b - a == 9 or b - a == 2:
+        return _party_packed(p, a, b) if _is_dst(p, a, b) else 0
     if b - a < 1 or b - a > 9:
         return 0
     for i in range(b - a):
@@ -1797,15 +1793,6 @@ DEF XML_MAX_DEPTH = 64
 DEF XML_MAX_NS = 32
 DEF XML_MAX_ATTRS = 16
 
-#: The characters of an XML name after its first, as the fast path reads names
-#: (sg_qname: a name starts with A-Z a-z _): those, 0-9, '-' and '.'.
-cdef unsigned char[256] _NAME_CHAR
-for _c in range(256):
-    _NAME_CHAR[_c] = (65 <= _c <= 90 or 97 <= _c <= 122 or 48 <= _c <= 57 or _c in (95, 45, 46))
-
-cdef inline bint _name_char(unsigned char c) noexcept nogil:
-    return _NAME_CHAR[c]
-
 cdef inline bint _same(const unsigned char* p, Py_ssize_t a, Py_ssize_t alen,
                        Py_ssize_t b, Py_ssize_t blen) noexcept nogil:
     return alen == blen and sg_eq(p + a, p + b, alen)
@@ -1885,7 +1872,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             # the open element's name (checked when it opened), and no more of a name
             j = i + 2 + open_len[depth - 1]
             if j >= n or not sg_eq_name(p + i + 2, p + open_a[depth - 1], open_len[depth - 1]) \
-                    or _name_char(p[j]) or p[j] == 58:
+                    or sg_name_char(p[j]) or p[j] == 58:
                 return False
             while j < n and _ws(p[j]):
                 j += 1
