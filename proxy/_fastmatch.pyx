@@ -37,6 +37,15 @@ cdef extern from "Python.h":
 cdef extern from *:
     """
     static inline int sg_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
+    /* A load into cache that nothing waits for.  On x86 an asm statement: gcc 12 drops
+       a __builtin_prefetch once the function around it is inlined. */
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #define sg_prefetch(p) __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*) (p)))
+    #elif defined(__GNUC__)
+    #define sg_prefetch(p) __builtin_prefetch((p))
+    #else
+    #define sg_prefetch(p) ((void) (p))
+    #endif
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
@@ -415,6 +424,7 @@ cdef extern from *:
     Py_ssize_t sg_next_byte(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                             unsigned char c) noexcept nogil
     int sg_ctz64(unsigned long long x) noexcept nogil
+    void sg_prefetch(const void* p) noexcept nogil
     Py_ssize_t sg_find_special(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                unsigned char a, unsigned char b) noexcept nogil
     void sg_text_masks(const unsigned char* p, Py_ssize_t n, uint64_t* lf, uint64_t* stop,
@@ -577,6 +587,8 @@ cdef struct Fields:
     Py_ssize_t code_a[3]             # pur, rsn, atn, stripped; -1: none
     Py_ssize_t code_b[3]
     bint imq
+    const uint64_t* hint_table       # the matcher's party table, for _hint_party; or NULL
+    int hint_bits
 
 DEF XML_MAX_NAMES = 32
 
@@ -721,6 +733,7 @@ def fast_decode_text(bytes payload):
     declines; Malformed where it knows the reference rejects the payload."""
     cdef Fields f
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    f.hint_table = NULL
     return _answer(_text_spans(p, len(payload), &f), p, &f)
 
 
@@ -731,6 +744,7 @@ def fast_decode_xml(bytes payload, tuple names):
     cdef XmlNames xn
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
     _xml_names_c(names, &xn)
+    f.hint_table = NULL
     return _answer(_xml_spans(p, len(payload), &xn, &f), p, &f)
 
 
@@ -738,6 +752,7 @@ def fast_decode_json(bytes payload):
     """As fast_decode_text, for a simple JSON payload."""
     cdef Fields f
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(payload)
+    f.hint_table = NULL
     return _answer(_json_spans(p, len(payload), &f), p, &f)
 
 
@@ -913,6 +928,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                 f.mke_a, f.mke_b = i + 1, e - 1
             else:
                 f.ori_a, f.ori_b = i + 1, e - 1
+                _hint_party(f, p, f.ori_a, f.ori_b)
         elif k == JK_DST:
             if p[i] != 91:
                 return False
@@ -930,6 +946,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                 f.dst_a[f.ndst] = i + 1
                 f.dst_b[f.ndst] = e - 1
                 f.ndst += 1
+                _hint_party(f, p, i + 1, e - 1)
                 i = _jws(p, e, n)
                 if i >= n:
                     return False
@@ -991,14 +1008,27 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 # Values of a message field map to rows of rule masks in C tables, so that deciding a
 # message that the fast paths read touches no Python object:
 #  - a party (an agency or a destination: 2 or 9 characters of A-Z 0-9) is packed
-#    into a 64-bit key (six bits a character) and found in an open-addressing table
-#    whose entry holds its agency mask, its destination mask and its groups; filled
-#    on first sight, cleared when CACHE_LIMIT parties are in it (a hostile stream of
-#    new ORIs cannot grow it);
+#    into a 54-bit key (six bits a character) and found in an open-addressing table
+#    of 64-bit words, each the key and, in the top ten bits, the party's class: the
+#    row of its agency mask, its destination mask and its groups.  Parties that the
+#    policy treats alike share a class, so thousands of ORIs need a handful of rows
+#    and a lookup reads one word of the table and a row that stays in cache (the
+#    table itself is what the caches hold; bench/README, "the party table in one
+#    word").  Filled on first sight, cleared when CACHE_LIMIT parties are in it (a
+#    hostile stream of new ORIs cannot grow it);
 #  - a message key (2-3 letters) indexes a table of 27**3 rows, filled at start;
 #  - a purpose or reason code is compared with the few codes the rules name.
 
 DEF PARTY_MIN_BITS = 10        # the party table starts at 1,024 slots, at most half full
+
+cdef enum:
+    PARTY_CLASS_SHIFT = 54     # a slot's low 54 bits are the key, its top ten bits the class,
+    PARTY_CLASS_FAR = 1023     # or this: the class is in party_class[slot]
+
+
+cdef inline uint64_t _slot_key(uint64_t word) noexcept nogil:
+    return word & ((<uint64_t> 1 << PARTY_CLASS_SHIFT) - 1)
+
 DEF MKE_SLOTS = 19683          # 27 ** 3
 
 cdef enum:
@@ -1057,6 +1087,23 @@ cdef inline uint64_t _party_packed(const unsigned char* p, Py_ssize_t a, Py_ssiz
     if b - a == 9:
         return sg_pack6(sg_load8(p + a)) | (<uint64_t> (p[a + 8] & 63) << 48)
     return <uint64_t> (p[a] & 63) | (<uint64_t> (p[a + 1] & 63) << 6)
+
+
+cdef inline Py_ssize_t _party_slot(uint64_t key, int bits) noexcept nogil:
+    """A key's home slot in a party table of 2**bits slots."""
+    return <Py_ssize_t> ((key * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - bits))
+
+
+cdef inline void _hint_party(const Fields* f, const unsigned char* p, Py_ssize_t a,
+                             Py_ssize_t b) noexcept nogil:
+    """Start loading the party table's slot of the ORI p[a:b] that a fast path has just
+    found (an agency's, or a destination's), so that it is in cache when the decision
+    looks it up after the rest of the message is read.  A state sees thousands of
+    ORIs, and their table lives in L3: the lookup's wait was a fifth of a text
+    message's time (bench/README, "the party table in one word").  Only a hint: a
+    span that is no ORI costs one useless load."""
+    if b - a == 9 and f.hint_table != NULL:
+        sg_prefetch(f.hint_table + _party_slot(_party_packed(p, a, b), f.hint_bits))
 
 
 cdef inline int _mke_slot(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1120,11 +1167,12 @@ cdef class Matcher:
     cdef CodeTable pur, rsn
     cdef bytes code_text          # the named codes' bytes, which pur and rsn point into
     # parties
-    cdef uint64_t* party_table    # slots: a packed party (_party_key); 0 empty
-    cdef int* party_entry         # each slot's entry in party_masks
+    cdef uint64_t* party_table    # slots: a packed party (_party_key) | class << 54; 0 empty
+    cdef int* party_class         # each slot's class, read when the word says PARTY_CLASS_FAR
     cdef int party_bits
-    cdef uint64_t* party_masks    # per entry: agency mask, destination mask, group set
-    cdef Py_ssize_t party_stride  # words per entry: 2 * n_words + 1
+    cdef uint64_t* party_masks    # per class: agency mask, destination mask, group set
+    cdef Py_ssize_t party_stride  # words per class: 2 * n_words + 1
+    cdef dict class_index         # a class's row, as bytes: the class
     cdef list group_sets          # distinct (groups, groups as JSON), few in any policy
     cdef dict group_set_index
     cdef int party_count
@@ -1136,7 +1184,7 @@ cdef class Matcher:
     cdef bytes line_mode, line_rev  # the log line's ,"mode":…,"forwarded": and ,"rev":…,"bytes":
     # results of the last decide call
     cdef Py_ssize_t last_rule, last_shadow
-    cdef int last_party              # entry of the agency, -1: none
+    cdef int last_party              # class of the agency, -1: none
     cdef object last_agency, last_groups
 
     def __cinit__(self):
@@ -1149,7 +1197,7 @@ cdef class Matcher:
         memset(&self.pur, 0, sizeof(CodeTable))
         memset(&self.rsn, 0, sizeof(CodeTable))
         self.party_table = NULL
-        self.party_entry = NULL
+        self.party_class = NULL
         self.party_masks = NULL
 
     def __init__(self, policy):
@@ -1232,13 +1280,14 @@ cdef class Matcher:
 
         self.party_bits = PARTY_MIN_BITS
         self.party_table = _alloc(1 << PARTY_MIN_BITS)
-        self.party_entry = <int*> calloc(1 << PARTY_MIN_BITS, sizeof(int))
-        if self.party_entry == NULL:
+        self.party_class = <int*> calloc(1 << PARTY_MIN_BITS, sizeof(int))
+        if self.party_class == NULL:
             raise MemoryError()
         self.party_stride = 2 * nw + 1
         self.party_masks = _alloc(CACHE_LIMIT * self.party_stride)
         self.group_sets = []
         self.group_set_index = {}
+        self.class_index = {}
         self.party_count = 0
 
     def __dealloc__(self):
@@ -1251,7 +1300,7 @@ cdef class Matcher:
         _free_codes(&self.pur)
         _free_codes(&self.rsn)
         free(self.party_table)
-        free(self.party_entry)
+        free(self.party_class)
         free(self.party_masks)
 
     # ------------------------------------------------------------ building masks
@@ -1305,7 +1354,8 @@ cdef class Matcher:
         return pattern_match(entry, value)
 
     cdef int _party_add(self, uint64_t key, str value) except -1:
-        """Compute a party's masks and groups and enter them; returns its entry."""
+        """Compute a party's masks and groups, find or make its class and enter the
+        party (key 0: not packable, not entered); returns the class."""
         cdef int e
         cdef uint64_t* row
         if self.party_count >= CACHE_LIMIT:
@@ -1313,8 +1363,9 @@ cdef class Matcher:
             self.party_count = 0
             self.group_sets = []
             self.group_set_index = {}
+            self.class_index = {}
         groups = self._groups(value)
-        e = self.party_count
+        e = len(self.class_index)  # there are never more classes than parties
         row = self.party_masks + e * self.party_stride
         self._set_row(row, 0, [
             r.agency is None or any(self._entry(x, value, groups) for x in r.agency)
@@ -1327,6 +1378,8 @@ cdef class Matcher:
             gid = self.group_set_index[groups] = len(self.group_sets)
             self.group_sets.append((groups, _json.encode(groups)))
         row[2 * self.n_words] = <uint64_t> gid
+        e = self.class_index.setdefault(
+            PyBytes_FromStringAndSize(<const char*> row, self.party_stride * sizeof(uint64_t)), e)
         self.party_count += 1
         if key:
             if 2 * self.party_count > (1 << self.party_bits):
@@ -1335,54 +1388,56 @@ cdef class Matcher:
         return e
 
     cdef inline Py_ssize_t _party_home(self, uint64_t key) noexcept:
-        return <Py_ssize_t> ((key * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - self.party_bits))
+        return _party_slot(key, self.party_bits)
 
-    cdef void _party_put(self, uint64_t key, int entry) noexcept:
+    cdef void _party_put(self, uint64_t key, int cls) noexcept:
         cdef Py_ssize_t h = self._party_home(key)
         cdef Py_ssize_t wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
         while self.party_table[h] != 0:
             h = (h + 1) & wrap
-        self.party_table[h] = key
-        self.party_entry[h] = entry
+        self.party_table[h] = key | (<uint64_t> (cls if cls < PARTY_CLASS_FAR else PARTY_CLASS_FAR) << PARTY_CLASS_SHIFT)
+        self.party_class[h] = cls
 
     cdef int _party_grow(self) except -1:
         """Double the table (it stays at most half full)."""
         cdef uint64_t* old = self.party_table
-        cdef int* old_entry = self.party_entry
+        cdef int* old_class = self.party_class
         cdef Py_ssize_t i, n = <Py_ssize_t> 1 << self.party_bits
-        cdef int* entry = <int*> calloc(2 * n, sizeof(int))
-        if entry == NULL:
+        cdef int* classes = <int*> calloc(2 * n, sizeof(int))
+        if classes == NULL:
             raise MemoryError()
         try:
             self.party_table = _alloc(2 * n)
         except MemoryError:
-            free(entry)
+            free(classes)
             raise
-        self.party_entry = entry
+        self.party_class = classes
         self.party_bits += 1
         for i in range(n):
             if old[i]:
-                self._party_put(old[i], old_entry[i])
+                self._party_put(_slot_key(old[i]), old_class[i])
         free(old)
-        free(old_entry)
+        free(old_class)
         return 0
 
     cdef inline int _party(self, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
-        """The entry of the party spelled p[a:b]."""
+        """The class of the party spelled p[a:b]."""
         return self._party_at(_party_key(p, a, b), p, a, b)
 
     cdef inline int _party_at(self, uint64_t key, const unsigned char* p, Py_ssize_t a,
                               Py_ssize_t b) except -1:
-        """The entry of the party spelled p[a:b], whose key is given (0: not packable)."""
+        """The class of the party spelled p[a:b], whose key is given (0: not packable)."""
         cdef uint64_t k
         cdef Py_ssize_t h, wrap
+        cdef int cls
         if key:
             h = self._party_home(key)
             wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
             while True:
                 k = self.party_table[h]
-                if k == key:
-                    return self.party_entry[h]
+                if _slot_key(k) == key:
+                    cls = <int> (k >> PARTY_CLASS_SHIFT)
+                    return cls if cls != PARTY_CLASS_FAR else self.party_class[h]
                 if k == 0:
                     break
                 h = (h + 1) & wrap
@@ -1408,7 +1463,7 @@ cdef class Matcher:
     cdef inline int _decide(self, int agency, int mke, Py_ssize_t pur, Py_ssize_t rsn,
                             bint has_atn, bint imq, int direction) noexcept:
         """The decision from rows; dst_acc must hold the destinations' mask.  agency:
-        the agency's party entry, -1 when there is none.  Sets last_rule (-1: default),
+        the agency's class, -1 when there is none.  Sets last_rule (-1: default),
         last_shadow (-1: none); returns ACT_ALLOW or ACT_DENY."""
         cdef Py_ssize_t w, nw = self.n_words, idx = -1, s = -1
         cdef const uint64_t* am = (self.party_masks + agency * self.party_stride) if agency >= 0 else self.agency_none
@@ -1445,18 +1500,18 @@ cdef class Matcher:
             return self.default_action
         return ACT_DENY if (self.deny_mask[idx >> 6] >> (idx & 63)) & 1 else ACT_ALLOW
 
-    cdef inline Py_ssize_t _group_set(self, int entry) noexcept:
+    cdef inline Py_ssize_t _group_set(self, int cls) noexcept:
         """The index in group_sets of a party's groups."""
-        return <Py_ssize_t> self.party_masks[entry * self.party_stride + 2 * self.n_words]
+        return <Py_ssize_t> self.party_masks[cls * self.party_stride + 2 * self.n_words]
 
     cdef inline void _dst_start(self) noexcept:
         cdef Py_ssize_t w
         for w in range(self.n_words):
             self.dst_acc[w] = self.dst_free[w]
 
-    cdef inline void _dst_add(self, int entry) noexcept:
+    cdef inline void _dst_add(self, int cls) noexcept:
         cdef Py_ssize_t w, nw = self.n_words
-        cdef const uint64_t* m = self.party_masks + entry * self.party_stride + nw
+        cdef const uint64_t* m = self.party_masks + cls * self.party_stride + nw
         for w in range(nw):
             self.dst_acc[w] |= m[w]
 
@@ -1563,6 +1618,7 @@ cdef Py_ssize_t _destinations(const unsigned char* p, const uint64_t* stop, Py_s
             f.dst_a[f.ndst] = seg_a
             f.dst_b[f.ndst] = i
             f.ndst += 1
+            _hint_party(f, p, seg_a, i)
         if i == b:
             return -1
         seg_a = i + 1
@@ -1655,6 +1711,7 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     f.mke_slot = _mke_slot(p, f.mke_a, f.mke_b)
     if f.mke_slot < 0 or not _is_ori(p, f.ori_a, f.ori_b):
         return REJECTED
+    _hint_party(f, p, f.ori_a, f.ori_b)
     f.ndst = 0
     if not output_form:
         body = _destinations(p, stop, dot2 + 1, end, f, &ctl_a, &ctl_b)
@@ -1698,6 +1755,7 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
                 f.dst_a[0] = na
                 f.dst_b[0] = nb
                 f.ndst = 1
+                _hint_party(f, p, na, nb)
                 if star < tb:
                     cta, ctb = star + 1, tb
         clock_ndst = f.ndst
@@ -1992,12 +2050,14 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                 elif known.header == XH_ORI:
                     if ori_a < 0:
                         ori_a, ori_b = text_a, text_b
+                        _hint_party(out, p, ori_a, ori_b)
                 elif known.header == XH_DST:
                     if ndst == 5:
                         return False
                     dst_a[ndst] = text_a
                     dst_b[ndst] = text_b
                     ndst += 1
+                    _hint_party(out, p, text_a, text_b)
                 elif known.header == XH_CTL:
                     if ctl_a < 0:
                         ctl_a, ctl_b = text_a, text_b
@@ -2520,6 +2580,8 @@ cdef class Engine:
                     continue
                 fmt = _fmt_of(p, a, b)
                 ok = DECLINED
+                f.hint_table = m.party_table  # where a grown table is now
+                f.hint_bits = m.party_bits
                 if fmt == FMT_TEXT:
                     ok = _text_spans(p + a, b - a, &f)
                 elif fmt == FMT_XML:

@@ -204,3 +204,46 @@ def test_engine_gives_back_a_large_buffer_and_keeps_a_small_one():
     batch = engine.feed(ordinary, matcher, "T")
     assert batch.count == 200
     assert len(batch.lines) <= engine.kept <= 1 << 20  # kept for the next chunk
+
+
+def test_engine_agrees_when_parties_fall_into_more_classes_than_a_table_word_holds():
+    """Parties the policy treats alike share a class, and a slot of the compiled
+    party table holds a class up to 1,022 in the word itself, larger ones beside it.
+    A policy that tells 1,200 ORIs apart (a rule each) gives 1,200 classes: every
+    message of every format, from those ORIs and to them, decided the first time
+    (the party entered, the table growing) and again (found), agrees with the
+    reference engine."""
+    from proxy._framing import frame
+    from proxy._traffic import render
+
+    oris = [f"AZ{i:05d}00" for i in range(1200)]
+    rules = "".join(
+        f'[[rules]]\nid = "r{i}"\naction = "{"deny" if i % 3 else "allow"}"\ndirection = "any"\n'
+        f'agency = ["{ori}"]\n' + (f'mke = ["DQ"]\n' if i % 7 == 0 else "")
+        for i, ori in enumerate(oris)
+    )
+    policy = compile_policy(parse_config(
+        '[policy]\nstate = "CA"\nlocal_ori = "CA0000000"\ndefault = "deny"\n' + rules))  # fmt: skip
+    matcher = Matcher(policy)
+    rng = random.Random(11)
+    for direction in ("in", "out"):
+        payloads = []
+        for rnd in range(2):
+            for i, ori in enumerate(oris):
+                fmt = ("text", "xml", "json")[(i + rnd) % 3]
+                mke = ("DQ", "RQ")[(i // 3 + rnd) % 2]
+                if direction == "in":
+                    p = render(fmt, mke, ori, ["CA"], None, None, None, None, False, {}, rng=rng)
+                else:
+                    p = render(fmt, mke, "CA0000000", [ori], None, None, None, None, False, {}, rng=rng)
+                payloads.append(p)
+        stream = b"".join(frame(p, "len32") for p in payloads)
+        fast = Engine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        ref = ReferenceEngine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        a = fast.feed(stream, matcher, "T")
+        b = ref.feed(stream, policy, "T")
+        assert a.count == b.count == len(payloads)
+        assert a.lines == b.lines
+        assert a.replies == b.replies
+        rules_hit = {r.rule for r in b.records}
+        assert {"r0", "r1", "r1100", "r1199"} <= rules_hit  # classes on both sides of 1,022
