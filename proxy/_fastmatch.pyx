@@ -1594,7 +1594,7 @@ cdef uint64_t* _alloc(Py_ssize_t words) except NULL:
 DEF TEXT_STACK_WORDS = 32      # the text masks of payloads up to 2 KiB live on the stack
 
 
-cdef Py_ssize_t _destinations(const unsigned char* p, const uint64_t* stop, Py_ssize_t a,
+cdef inline Py_ssize_t _destinations(const unsigned char* p, const uint64_t* stop, Py_ssize_t a,
                               Py_ssize_t b, Fields* f, Py_ssize_t* ctl_a,
                               Py_ssize_t* ctl_b) noexcept nogil:
     """The reference's _split_destinations over the segments of p[a:b], one line:
