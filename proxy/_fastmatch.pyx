@@ -589,6 +589,7 @@ cdef struct Fields:
     bint imq
     const uint64_t* hint_table       # the matcher's party table, for _hint_party; or NULL
     int hint_bits
+    uint64_t ori_key                 # _party_packed of a 9-byte ORI span (_hint_ori), else 0
 
 DEF XML_MAX_NAMES = 32
 
@@ -928,7 +929,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                 f.mke_a, f.mke_b = i + 1, e - 1
             else:
                 f.ori_a, f.ori_b = i + 1, e - 1
-                _hint_party(f, p, f.ori_a, f.ori_b)
+                _hint_ori(f, p, f.ori_a, f.ori_b)
         elif k == JK_DST:
             if p[i] != 91:
                 return False
@@ -1104,6 +1105,18 @@ cdef inline void _hint_party(const Fields* f, const unsigned char* p, Py_ssize_t
     span that is no ORI costs one useless load."""
     if b - a == 9 and f.hint_table != NULL:
         sg_prefetch(f.hint_table + _party_slot(_party_packed(p, a, b), f.hint_bits))
+
+
+cdef inline void _hint_ori(Fields* f, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """_hint_party for the span a fast path reads as the originating ORI, whose packed
+    key it keeps in f.ori_key for the decision (0: not 9 bytes).  A message is only
+    READ when that span, stripped, is an ORI: 9 characters of A-Z 0-9, so a kept key
+    is always the final span's."""
+    f.ori_key = 0
+    if b - a == 9:
+        f.ori_key = _party_packed(p, a, b)
+        if f.hint_table != NULL:
+            sg_prefetch(f.hint_table + _party_slot(f.ori_key, f.hint_bits))
 
 
 cdef inline int _mke_slot(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1533,7 +1546,8 @@ cdef class Matcher:
                                              f.dst_b[i]))
         # the agency last: entering a new party may clear the table
         if direction == DIR_IN:
-            agency = self._party_at(_party_packed(p, f.ori_a, f.ori_b), p, f.ori_a, f.ori_b)
+            agency = self._party_at(f.ori_key if f.ori_key else _party_packed(p, f.ori_a, f.ori_b), p,
+                                    f.ori_a, f.ori_b)
         else:
             agency = self._party_at(_party_packed(p, f.dst_a[0], f.dst_b[0]), p, f.dst_a[0], f.dst_b[0])
         self.last_party = agency
@@ -1711,7 +1725,7 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     f.mke_slot = _mke_slot(p, f.mke_a, f.mke_b)
     if f.mke_slot < 0 or not _is_ori(p, f.ori_a, f.ori_b):
         return REJECTED
-    _hint_party(f, p, f.ori_a, f.ori_b)
+    _hint_ori(f, p, f.ori_a, f.ori_b)
     f.ndst = 0
     if not output_form:
         body = _destinations(p, stop, dot2 + 1, end, f, &ctl_a, &ctl_b)
@@ -2050,7 +2064,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
                 elif known.header == XH_ORI:
                     if ori_a < 0:
                         ori_a, ori_b = text_a, text_b
-                        _hint_party(out, p, ori_a, ori_b)
+                        _hint_ori(out, p, ori_a, ori_b)
                 elif known.header == XH_DST:
                     if ndst == 5:
                         return False
@@ -2582,6 +2596,7 @@ cdef class Engine:
                 ok = DECLINED
                 f.hint_table = m.party_table  # where a grown table is now
                 f.hint_bits = m.party_bits
+                f.ori_key = 0
                 if fmt == FMT_TEXT:
                     ok = _text_spans(p + a, b - a, &f)
                 elif fmt == FMT_XML:
