@@ -779,8 +779,15 @@ cdef enum:
     JK_BODY = 8
 
 
+cdef unsigned char[256] _JWS  # JSON's whitespace: space, tab, LF, CR
+for _c in range(256):
+    _JWS[_c] = _c in (32, 9, 10, 13)
+
+
 cdef inline Py_ssize_t _jws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+    """The index of the first byte from i that is not JSON whitespace, or n: one
+    table read a byte, since between tokens there is usually none."""
+    while i < n and _JWS[p[i]]:
         i += 1
     return i
 

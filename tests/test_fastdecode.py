@@ -284,6 +284,32 @@ def test_json_random_field_values(obj):
     agrees("json", msgspec.json.encode(obj))
 
 
+def test_json_whitespace_between_every_token():
+    """JSON's four whitespace bytes, alone or in a run, between any two tokens are
+    read; a form feed or vertical tab there is not JSON whitespace, and the fast path
+    leaves it to the reference, which refuses it."""
+    doc = b'{"mke":"DQ","ori":"AZ0070000","dst":["CA","NV"],"ctl":"C1","pur":null,"imq":true,"body":{"A":[1,{}]}}'
+    cuts = [i for i in range(1, len(doc)) if doc[i - 1 : i] in b'{}[],:' or doc[i : i + 1] in b'{}[],:']
+    assert len(cuts) > 30
+    for ws in (b" ", b"\t", b"\n", b"\r", b" \r\n\t "):
+        for i in cuts:
+            spaced = doc[:i] + ws + doc[i:]
+            try:
+                msg = fast_decode_json(spaced)
+            except Malformed:
+                msg = "rejected"
+            assert msg is not None and msg != "rejected", spaced
+            agrees("json", spaced)
+    for odd in (b"\x0b", b"\x0c", b"\xa0"):
+        for i in cuts:
+            spaced = doc[:i] + odd + doc[i:]
+            try:
+                assert fast_decode_json(spaced) is None, spaced
+            except Malformed:
+                pass
+            agrees("json", spaced)
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=200))
 def test_json_random_bytes(data):
