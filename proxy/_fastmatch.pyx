@@ -610,7 +610,8 @@ cdef struct XmlName:                 # a local name the XML fast path looks for
 
 cdef struct XmlNames:
     int count                        # -1: too many names, the fast path declines
-    uint64_t lengths                 # bit min(length, 63) set for every name's length
+    signed char first[64]            # per min(length, 63): the first name of that length, -1: none
+    signed char next[XML_MAX_NAMES + 5]  # per name: the next of the same length, -1: none
     XmlName name[XML_MAX_NAMES + 5]  # the header's five names, then the body's
 
 
@@ -632,8 +633,9 @@ cdef int _xml_name_add(XmlNames* out, const char* name, Py_ssize_t length, int h
     out.name[out.count].name = name
     out.name[out.count].header = header
     out.name[out.count].fields = fields
+    out.next[out.count] = out.first[length if length < 63 else 63]
+    out.first[length if length < 63 else 63] = out.count
     out.count += 1
-    out.lengths |= (<uint64_t> 1) << (length if length < 63 else 63)
     return 0
 
 
@@ -644,7 +646,7 @@ cdef void _xml_names_c(tuple names, XmlNames* out):
     cdef int f, k, body = 0
     cdef bytes name
     out.count = 0
-    out.lengths = 0
+    memset(out.first, -1, sizeof(out.first))
     for k, name in enumerate(_XML_HEADER_NAMES):
         _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_HEADER + k, 0)
     for f in range(4):
@@ -659,14 +661,13 @@ cdef void _xml_names_c(tuple names, XmlNames* out):
 cdef inline const XmlName* _xml_name(const XmlNames* names, const unsigned char* p,
                                      Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The entry of the local name p[a:b], or NULL: most names are told apart by their
-    length alone."""
+    length alone, so only the names of that length are compared."""
     cdef Py_ssize_t n = b - a
-    cdef int k
-    if not (names.lengths >> (n if n < 63 else 63)) & 1:
-        return NULL
-    for k in range(names.count):
+    cdef int k = names.first[n if n < 63 else 63]
+    while k >= 0:
         if names.name[k].length == n and sg_eq_name(p + a, <const unsigned char*> names.name[k].name, n):
             return &names.name[k]
+        k = names.next[k]
     return NULL
 
 
