@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -41,6 +42,19 @@ def steal_share(before: dict[str, int], after: dict[str, int]) -> float:
         return float("nan")
     total = sum(after.values()) - sum(before.values())
     return (after["steal"] - before["steal"]) / total if total else 0.0
+
+
+def order_balanced(ratios: list[float | None]) -> float | None:
+    """The median, over pairs of rounds (the first and second, the third and fourth
+    ...), of each pair's geometric mean ratio; None when no pair has both ratios.
+
+    bench/ab.py runs a round's trees in one order and the next round's in the
+    reverse order.  When the tree that runs first in a round gains from it (a cache
+    or a CPU frequency still warm from the round before), a ratio per round swings
+    with the order, and their median can land on one side of it; in a pair the
+    gain counts once each way and cancels."""
+    pairs = [math.sqrt(a * b) for a, b in zip(ratios[0::2], ratios[1::2]) if a and b]
+    return statistics.median(pairs) if pairs else None
 
 
 def median_time(fn: Callable[[], object], runs: int) -> tuple[float, list[float]]:

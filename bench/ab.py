@@ -28,8 +28,13 @@ on a shared machine noise only ever adds.  A pool larger than the branch predict
 can learn (tens of thousands) is what the year sees; a small pool flatters the code.
 
 It prints each round, then per tree the medians, and for every tree after the first
-the median over rounds of its ratio to the first tree in the same round, the figure
-to quote, since a round's trees share the machine's state of the moment.
+the median over rounds of its ratio to the first tree in the same round (a round's
+trees share the machine's state of the moment).  Beside it, the order-balanced
+ratio (_common.order_balanced): the median over pairs of rounds, whose orders are
+reversed, of each pair's geometric mean.  Where the two differ, the tree that ran
+first in a round had an edge (in a run of six rounds of the proxy's throughput on
+2026-12-02, the tree that ran first was the faster in five, by 7 to 27%), and the
+order-balanced figure is the one to quote; it needs an even number of rounds.
 
 `--build` builds each tree's extensions (`pip wheel`, with the build dependencies of
 that tree's pyproject.toml) and puts them in the tree, for a worktree that has none.
@@ -48,7 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
-from _common import machine  # noqa: E402
+from _common import machine, order_balanced  # noqa: E402
 
 #: What one round measures of a tree, and whether more is better.
 MEASURES = {
@@ -217,11 +222,16 @@ def report(trees: list[Path], results: list[list[dict[str, float]]], rounds: int
                 continue
             values = [m[key] for m in results[i]]
             line = f"    {key:<18}{shown(statistics.median(values)):>14}"
-            pairs = [(m[key], b[key]) for m, b in zip(results[i], base) if b[key] > 0]
-            if i and pairs:  # a CPU figure can read 0 ticks in a very short run
-                ratio = statistics.median(v / b for v, b in pairs)
+            # a CPU figure can read 0 ticks in a very short run: no ratio that round
+            ratios = [m[key] / b[key] if b[key] > 0 else None for m, b in zip(results[i], base)]
+            known = [r for r in ratios if r is not None]
+            if i and known:
+                ratio = statistics.median(known)
                 better = (ratio > 1) == more_is_better
                 line += f"   x{ratio:.3f} ({'better' if better else 'worse'})"
+                balanced = order_balanced(ratios)
+                if balanced is not None:
+                    line += f"; order-balanced x{balanced:.3f}"
             print(line)
 
 

@@ -76,6 +76,20 @@ def test_ab_smoke():
     assert "decided_per_s" in medians and "cpu_us_per_trip" in medians
     ratios = [float(x.split()[0]) for x in medians.split("   x")[1:]]
     assert len(ratios) == 7 and all(r > 0 for r in ratios)
+    assert medians.count("; order-balanced x") >= 6  # each measure whose rounds both have a ratio
+
+
+def test_order_balanced_ratio_cancels_an_edge_for_running_first():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import order_balanced
+    finally:
+        sys.path.remove(str(BENCH))
+    # the tree under test runs second, first, second, first ...: 20% faster when first
+    ratios = [0.9 / 1.2, 0.9 * 1.2, 0.9 / 1.2, 0.9 * 1.2, 0.9 / 1.2, 0.9 * 1.2]
+    assert abs(order_balanced(ratios) - 0.9) < 1e-9
+    assert order_balanced([0.8, None, 1.1, 1.1]) == pytest.approx(1.1)  # a pair without a ratio is left out
+    assert order_balanced([0.8]) is None and order_balanced([]) is None
 
 
 def test_ab_decide_smoke():
