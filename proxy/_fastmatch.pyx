@@ -1707,7 +1707,7 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     cdef int which, ntok, clock_ndst, found
     cdef Py_ssize_t w, words
     cdef uint64_t bits
-    cdef bint output_form, present
+    cdef bint output_form
     # Only printable ASCII, LF, and CR before LF or at the end.
     i = sg_next_bit(bad, 0, n)
     while i < n:
@@ -1842,20 +1842,19 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
                     break
     # PUR, RSN and ATN stripped (printable already: the payload is), within limits:
     # _finish_codes without its per-byte checks and right strip, which text does not
-    # need (calling it costs text 4.4% more instructions, bench/feedloop.py --format).
-    # Whether a message has each code is as good as random, so an absent code is an
-    # empty span and the spans are chosen without a branch on it.
+    # need (calling it costs text 4.4% more instructions, bench/feedloop.py --format)
     for which in range(3):
-        present = el_a[which] >= 0
-        i = el_a[which] if present else 0
-        e = el_b[which] if present else 0
-        if (e > i) & (p[i] == 32):  # leading spaces: rare
-            while i < e and p[i] == 32:
+        f.code_a[which] = f.code_b[which] = -1
+        if el_a[which] >= 0:
+            i = el_a[which]
+            while i < el_b[which] and p[i] == 32:
                 i += 1
-        if e - i > (100 if which == 2 else 10):
-            return DECLINED
-        f.code_a[which] = i if e > i else -1
-        f.code_b[which] = e if e > i else -1
+            if i < el_b[which]:
+                limit = 100 if which == 2 else 10
+                if el_b[which] - i > limit:
+                    return DECLINED
+                f.code_a[which] = i
+                f.code_b[which] = el_b[which]
     f.imq = el_a[3] >= 0 and _yes(p, el_a[3], el_b[3])
     f.fmt = FMT_TEXT
     return READ
