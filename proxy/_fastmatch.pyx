@@ -1020,9 +1020,9 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 #    into a 54-bit key (six bits a character) and found in an open-addressing table
 #    of 64-bit words, each the key and, in the top ten bits, the party's class: the
 #    row of its agency mask, its destination mask and its groups.  Parties that the
-#    policy treats alike share a class, so thousands of ORIs need a handful of rows
-#    and a lookup reads one word of the table and a row that stays in cache (the
-#    table itself is what the caches hold; bench/README, "the party table in one
+#    policy treats alike share a class, so thousands of ORIs need a handful of rows,
+#    which stay in cache, and a lookup reads one word of the table, which the parser
+#    asked for as it read the ORI (_hint_party; bench/README, "the party table in one
 #    word").  Filled on first sight, cleared when CACHE_LIMIT parties are in it (a
 #    hostile stream of new ORIs cannot grow it);
 #  - a message key (2-3 letters) indexes a table of 27**3 rows, filled at start;
@@ -1108,7 +1108,7 @@ cdef inline void _hint_party(const Fields* f, const unsigned char* p, Py_ssize_t
     """Start loading the party table's slot of the ORI p[a:b] that a fast path has just
     found (an agency's, or a destination's), so that it is in cache when the decision
     looks it up after the rest of the message is read.  A state sees thousands of
-    ORIs, and their table lives in L3: the lookup's wait was a fifth of a text
+    ORIs, and their table lives in L3: the lookup's wait was a sixth of a text
     message's time (bench/README, "the party table in one word").  Only a hint: a
     span that is no ORI costs one useless load."""
     if b - a == 9 and f.hint_table != NULL:

@@ -219,7 +219,7 @@ def test_engine_agrees_when_parties_fall_into_more_classes_than_a_table_word_hol
     oris = [f"AZ{i:05d}00" for i in range(1200)]
     rules = "".join(
         f'[[rules]]\nid = "r{i}"\naction = "{"deny" if i % 3 else "allow"}"\ndirection = "any"\n'
-        f'agency = ["{ori}"]\n' + (f'mke = ["DQ"]\n' if i % 7 == 0 else "")
+        f'agency = ["{ori}"]\n' + ('mke = ["DQ"]\n' if i % 7 == 0 else "")
         for i, ori in enumerate(oris)
     )
     policy = compile_policy(parse_config(
