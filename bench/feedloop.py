@@ -9,7 +9,15 @@ figures do not move with a shared machine's noise as wall time does.
 ``--decide`` runs ``Engine.decide`` (no log lines) instead of ``Engine.feed``.
 ``--format F`` takes 1,000 generated messages of the one format F (text, xml or json,
 with the generator's share of malformed ones) instead of the mix, for the cost of each
-format alone.
+format alone.  ``--messages N`` takes N generated messages (of ``--format``, else of the
+generator's mix) instead of the micro-benchmarks' stream: tens of thousands are more
+than the branch predictors learn, as the year's pool is.  ``--repeat`` takes the first
+of them N times: what a message costs when every branch is predicted and its
+agency's row is at hand, against the same messages varied.  ``--agencies K`` gives each
+other state K agencies instead of the generator's 1,800 (with ten states, the 18,000
+Nlets links): how much the agencies' table costs.  ``--warm`` runs one pass before the
+timed ones, so that every agency has been seen (its row made, in Python) before the
+clock starts, as in a proxy that has run a while.
 ``--log`` also does what the proxy does with each batch, but for the sockets: writes
 its lines to a sealed decision log (the proxy's defaults: SHA-256, seals every 1,000
 lines, fsync after each in the background, the synced pages dropped behind, in
@@ -44,19 +52,36 @@ def main() -> int:
     ap.add_argument("--log", action="store_true", help="and write each batch as the proxy does")
     ap.add_argument("--chunk", type=int, help="bytes a chunk (default: the stream)")
     ap.add_argument("--format", choices=("text", "xml", "json"), help="one format instead of the mix")
+    ap.add_argument("--messages", type=int, help="generated messages instead of the micro-benchmarks' stream")
+    ap.add_argument("--repeat", action="store_true", help="the first generated message, --messages times")
+    ap.add_argument("--agencies", type=int, help="agencies per other state in the generator")
+    ap.add_argument("--warm", action="store_true", help="one untimed pass first")
     args = ap.parse_args()
     if args.decide and args.log:
         ap.error("--log needs the lines that --decide does not make")
     print(machine(), flush=True)
     stream = STREAM
-    if args.format:
-        gen = TrafficGenerator(5, formats=((args.format, 1),))
-        stream = b"".join(frame(gen.query().payload, "len32") for _ in range(1000))
+    if args.format or args.messages or args.agencies:
+        extra = {"formats": ((args.format, 1),)} if args.format else {}
+        if args.agencies:
+            extra["agencies_per_state"] = args.agencies
+        gen = TrafficGenerator(5, **extra)
+        count = args.messages or 1000
+        if args.repeat:
+            stream = frame(gen.query().payload, "len32") * count
+        else:
+            stream = b"".join(frame(gen.query().payload, "len32") for _ in range(count))
+        print(f"stream: {count:,} " + ("copies of one generated message" if args.repeat else "generated messages")
+              + (f" of {args.format}" if args.format else "")
+              + f", {gen.agencies_per_state:,} agencies a state", flush=True)  # fmt: skip
     chunk = args.chunk or len(stream)
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
     engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"\r\n\x7f", Sequencer())
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as sink:
         log = DecisionLog(Path(tmp) / "d.jsonl") if args.log else None
+        if args.warm:
+            for chunk in chunks:
+                engine.decide(chunk, MATCHER)
         t = time.perf_counter()
         decided = 0
         for _ in range(args.passes):

@@ -64,7 +64,8 @@ class TrafficGenerator:
     """Queries arriving at ``state`` from other states' and federal agencies.
 
     ``dhs_share`` is the share of DHS immigration agencies among originators;
-    ``malformed_share`` the share of payloads whose header is broken.
+    ``malformed_share`` the share of payloads whose header is broken;
+    ``agencies_per_state`` how many agencies each other state has.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class TrafficGenerator:
         dhs_share: float = SEED_ICE_SHARE + SEED_HSI_SHARE,
         malformed_share: float = 0.01,
         formats: tuple[tuple[str, int], ...] = (("text", 80), ("xml", 10), ("json", 10)),
+        agencies_per_state: int = AGENCIES_PER_STATE,
     ) -> None:
         self.rng = random.Random(seed)
         self.state = state
@@ -85,6 +87,7 @@ class TrafficGenerator:
         self._keys = [k for k, _ in QUERY_MIX]
         self._key_weights = [w for _, w in QUERY_MIX]
         self._ctl = 0
+        self.agencies_per_state = agencies_per_state
 
     # ----------------------------------------------------------------- pieces
 
@@ -97,7 +100,7 @@ class TrafficGenerator:
         if r < self.dhs_share + 0.03:
             return rng.choice(FEDERAL_OTHER)
         st = rng.choice(OTHER_STATES)
-        return f"{st}{rng.randrange(AGENCIES_PER_STATE):05d}00"
+        return f"{st}{rng.randrange(self.agencies_per_state):05d}00"
 
     def person(self) -> dict[str, str]:
         return synthetic_person(self.rng)

@@ -115,6 +115,10 @@ def test_soak_smoke():
     ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
     ("feedloop.py", ["--passes", "3", "--log", "--chunk", "65536"], "Engine.feed and the log: 3,000 messages"),
     ("feedloop.py", ["--passes", "2", "--decide", "--format", "xml"], "Engine.decide: 2,000 messages"),
+    ("feedloop.py", ["--passes", "2", "--decide", "--format", "text", "--messages", "500", "--repeat", "--agencies", "10"],
+     "stream: 500 copies of one generated message of text, 10 agencies a state"),
+    ("feedloop.py", ["--passes", "1", "--decide", "--messages", "700", "--chunk", "65536", "--warm"],
+     "stream: 700 generated messages, 1,800 agencies a state"),
 ])  # fmt: skip
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)
