@@ -1029,6 +1029,7 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 #  - a purpose or reason code is compared with the few codes the rules name.
 
 DEF PARTY_MIN_BITS = 10        # the party table starts at 1,024 slots, at most half full
+DEF MKE_SLOTS = 19683          # 27 ** 3
 
 cdef enum:
     PARTY_CLASS_SHIFT = 54     # a slot's low 54 bits are the key, its top ten bits the class,
@@ -1038,7 +1039,6 @@ cdef enum:
 cdef inline uint64_t _slot_key(uint64_t word) noexcept nogil:
     return word & ((<uint64_t> 1 << PARTY_CLASS_SHIFT) - 1)
 
-DEF MKE_SLOTS = 19683          # 27 ** 3
 
 cdef enum:
     ROW_ABSENT = 0             # code rows: no code in the message
@@ -1111,8 +1111,14 @@ cdef inline void _hint_party(const Fields* f, const unsigned char* p, Py_ssize_t
     ORIs, and their table lives in L3: the lookup's wait was a sixth of a text
     message's time (bench/README, "the party table in one word").  Only a hint: a
     span that is no ORI costs one useless load."""
-    if b - a == 9 and f.hint_table != NULL:
-        sg_prefetch(f.hint_table + _party_slot(_party_packed(p, a, b), f.hint_bits))
+    if b - a == 9:
+        _prefetch_party(f, _party_packed(p, a, b))
+
+
+cdef inline void _prefetch_party(const Fields* f, uint64_t key) noexcept nogil:
+    """Start loading the slot where the party table (if f has one) keeps key."""
+    if f.hint_table != NULL:
+        sg_prefetch(f.hint_table + _party_slot(key, f.hint_bits))
 
 
 cdef inline void _hint_ori(Fields* f, const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1123,8 +1129,7 @@ cdef inline void _hint_ori(Fields* f, const unsigned char* p, Py_ssize_t a, Py_s
     f.ori_key = 0
     if b - a == 9:
         f.ori_key = _party_packed(p, a, b)
-        if f.hint_table != NULL:
-            sg_prefetch(f.hint_table + _party_slot(f.ori_key, f.hint_bits))
+        _prefetch_party(f, f.ori_key)
 
 
 cdef inline int _mke_slot(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1416,7 +1421,8 @@ cdef class Matcher:
         cdef Py_ssize_t wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
         while self.party_table[h] != 0:
             h = (h + 1) & wrap
-        self.party_table[h] = key | (<uint64_t> (cls if cls < PARTY_CLASS_FAR else PARTY_CLASS_FAR) << PARTY_CLASS_SHIFT)
+        self.party_table[h] = key | (<uint64_t> (cls if cls < PARTY_CLASS_FAR else PARTY_CLASS_FAR)
+                                     << PARTY_CLASS_SHIFT)
         self.party_class[h] = cls
 
     cdef int _party_grow(self) except -1:
