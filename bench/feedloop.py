@@ -61,7 +61,7 @@ def main() -> int:
         ap.error("--log needs the lines that --decide does not make")
     print(machine(), flush=True)
     stream = STREAM
-    if args.format or args.messages or args.agencies:
+    if args.format or args.messages or args.agencies or args.repeat:
         extra = {"formats": ((args.format, 1),)} if args.format else {}
         if args.agencies:
             extra["agencies_per_state"] = args.agencies
