@@ -17,7 +17,10 @@ agency's row is at hand, against the same messages varied.  ``--agencies K`` giv
 other state K agencies instead of the generator's 1,800 (with ten states, the 18,000
 Nlets links): how much the agencies' table costs.  ``--warm`` runs one pass before the
 timed ones, so that every agency has been seen (its row made, in Python) before the
-clock starts, as in a proxy that has run a while.
+clock starts, as in a proxy that has run a while.  ``--responses`` decides, in the
+``out`` direction, what the simulated switch answers to the generated queries (its
+responses: each to the query's nine-character ORI, who is the agency decided) instead
+of the queries in the ``in`` direction: the other half of what the proxy decides.
 ``--log`` also does what the proxy does with each batch, but for the sockets: writes
 its lines to a sealed decision log (the proxy's defaults: SHA-256, seals every 1,000
 lines, fsync after each in the background, the synced pages dropped behind, in
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import tempfile
 import time
@@ -36,13 +40,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from test_micro import MATCHER, STREAM, TS  # noqa: E402
+from test_micro import MATCHER, POLICY, STREAM, TS  # noqa: E402
 
 from proxy._fastmatch import Engine  # noqa: E402
 from proxy._framing import frame  # noqa: E402
 from proxy._log import DecisionLog  # noqa: E402
 from proxy._pipeline import Sequencer  # noqa: E402
-from proxy._traffic import TrafficGenerator  # noqa: E402
+from proxy._traffic import TrafficGenerator, answer  # noqa: E402
 
 
 def main() -> int:
@@ -56,27 +60,27 @@ def main() -> int:
     ap.add_argument("--repeat", action="store_true", help="the first generated message, --messages times")
     ap.add_argument("--agencies", type=int, help="agencies per other state in the generator")
     ap.add_argument("--warm", action="store_true", help="one untimed pass first")
+    ap.add_argument("--responses", action="store_true", help="the switch's responses, decided out")
     args = ap.parse_args()
     if args.decide and args.log:
         ap.error("--log needs the lines that --decide does not make")
     print(machine(), flush=True)
     stream = STREAM
-    if args.format or args.messages or args.agencies or args.repeat:
+    if args.format or args.messages or args.agencies or args.repeat or args.responses:
         extra = {"formats": ((args.format, 1),)} if args.format else {}
         if args.agencies:
             extra["agencies_per_state"] = args.agencies
         gen = TrafficGenerator(5, **extra)
         count = args.messages or 1000
-        if args.repeat:
-            stream = frame(gen.query().payload, "len32") * count
-        else:
-            stream = b"".join(frame(gen.query().payload, "len32") for _ in range(count))
-        print(f"stream: {count:,} " + ("copies of one generated message" if args.repeat else "generated messages")
+        payloads = generated(gen, count if not args.repeat else 1, args.responses)
+        stream = b"".join(frame(payloads[i % len(payloads)], "len32") for i in range(count))
+        print(f"stream: {count:,} " + ("copies of one generated " if args.repeat else "generated ")
+              + ("response" if args.responses else "message") + ("" if args.repeat else "s")
               + (f" of {args.format}" if args.format else "")
               + f", {gen.agencies_per_state:,} agencies a state", flush=True)  # fmt: skip
     chunk = args.chunk or len(stream)
     chunks = [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
-    engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"\r\n\x7f", Sequencer())
+    engine = Engine("out" if args.responses else "in", 1, "127.0.0.1:1", "len32", 1 << 20, b"\r\n\x7f", Sequencer())
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as sink:
         log = DecisionLog(Path(tmp) / "d.jsonl") if args.log else None
         if args.warm:
@@ -100,6 +104,20 @@ def main() -> int:
     what = "Engine.decide" if args.decide else "Engine.feed" + (" and the log" if args.log else "")
     print(f"{what}: {decided:,} messages, {elapsed / decided * 1e9:.0f} ns a message")
     return 0
+
+
+def generated(gen: TrafficGenerator, count: int, responses: bool) -> list[bytes]:
+    """count generated queries' payloads, or with responses count of what the
+    simulated switch answers to them (a query it does not answer is skipped)."""
+    if not responses:
+        return [gen.query().payload for _ in range(count)]
+    rng = random.Random(5)
+    out: list[bytes] = []
+    while len(out) < count:
+        r = answer(gen.query().payload, POLICY.local_ori, rng)
+        if r is not None:
+            out.append(r)
+    return out
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ import ssl
 
 import trio
 
-from ._decode import Malformed, decode
 from ._framing import frame, make_framer
-from ._traffic import response_for
+from ._traffic import answer
 
 
 class SimulatedSwitch:
@@ -89,8 +88,4 @@ class SimulatedSwitch:
     def _respond(self, payload: bytes) -> bytes | None:
         if not self.answer:
             return None
-        try:
-            msg = decode(payload)
-        except Malformed:
-            return None
-        return response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, self.state_ori, self.rng, msg.imq)
+        return answer(payload, self.state_ori, self.rng)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from ._decode import Malformed, decode
 from ._framing import frame
 
 # Synthetic agencies.  DHS immigration ORIs follow the example policy's patterns.
@@ -232,6 +233,17 @@ def response_for(request_fmt: str, mke: str, requester: str, ctl: str | None, st
     p = synthetic_person(rng)
     data = {"NAM": p["NAM"], "DOB": p["DOB"], "STATUS": "VALID"}
     return render(request_fmt, key, state_ori, [requester], ctl, None, None, None, photo, data)
+
+
+def answer(payload: bytes, state_ori: str, rng: random.Random) -> bytes | None:
+    """What the simulated switch (proxy._switch) answers to a query's payload: the
+    response to it, carrying its control field, or None for a malformed query or one
+    with no response."""
+    try:
+        msg = decode(payload)
+    except Malformed:
+        return None
+    return response_for(msg.fmt, msg.mke, msg.ori, msg.ctl, state_ori, rng, msg.imq)
 
 
 def framed_stream(messages: list[Generated], framing: str, terminator: bytes) -> bytes:

@@ -119,6 +119,8 @@ def test_soak_smoke():
      "stream: 500 copies of one generated message of text, 10 agencies a state"),
     ("feedloop.py", ["--passes", "1", "--decide", "--messages", "700", "--chunk", "65536", "--warm"],
      "stream: 700 generated messages, 1,800 agencies a state"),
+    ("feedloop.py", ["--passes", "1", "--decide", "--responses", "--messages", "400"],
+     "stream: 400 generated responses, 1,800 agencies a state"),
 ])  # fmt: skip
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)

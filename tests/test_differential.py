@@ -9,7 +9,7 @@ from proxy._config import parse_config
 from proxy._fastmatch import Engine, Matcher, fast_decode_text, fast_decode_xml
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
-from proxy._traffic import TrafficGenerator
+from proxy._traffic import TrafficGenerator, answer
 from proxy._types import Message
 
 ORIS = ["VTICE0900", "TXICE0300", "DCHSI0000", "AZ0000000", "AZ0070000", "CA0000000",
@@ -117,7 +117,8 @@ def _mutate(rng: random.Random, payload: bytes) -> bytes:
 
 def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
     """Framing, decoding and deciding together, over random chunkings, including
-    mutated and oversize frames."""
+    mutated and oversize frames, queries and the switch's responses to them (whose
+    agency, in the out direction, is a nine-character destination)."""
     rng = random.Random(7)
     for trial in range(40):
         policy = compile_policy(parse_config(random_policy_text(rng)))
@@ -129,6 +130,8 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
         payloads = []
         for g in gen.queries(800):
             p = g.payload
+            if rng.random() < 0.4:
+                p = answer(p, policy.local_ori, rng) or p
             if rng.random() < 0.1:
                 p = _mutate(rng, p)
             if framing == "delimited":
