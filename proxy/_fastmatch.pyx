@@ -592,6 +592,8 @@ cdef struct Fields:
     uint64_t ori_key                 # _party_packed of a 9-byte ORI span (_hint_ori), else 0
 
 DEF XML_MAX_NAMES = 32
+DEF XML_PROLOGUE_MAX = 1024          # bytes of a prologue _xml_spans keeps (XmlNames.prologue)
+DEF XML_PROLOGUE_NS = 16             # namespaces the root of a kept prologue may declare
 
 cdef enum:
     # what a local name is in the XML header (XmlName.header)
@@ -613,6 +615,15 @@ cdef struct XmlNames:
     signed char first[64]            # per min(length, 63): the first name of that length, -1: none
     signed char next[XML_MAX_NAMES + 5]  # per name: the next of the same length, -1: none
     XmlName name[XML_MAX_NAMES + 5]  # the header's five names, then the body's
+    # The prologue (XML declaration and root start tag) of the last document read,
+    # and the state it left: a switch sends every message with the same one, whose
+    # namespace declarations cost a tenth of a document's reading (_xml_spans).
+    Py_ssize_t prologue_len          # 0: none kept
+    unsigned char prologue[XML_PROLOGUE_MAX]
+    Py_ssize_t root_a, root_len      # the root's name
+    int nns                          # the namespaces the root declares
+    Py_ssize_t ns_a[XML_PROLOGUE_NS]
+    Py_ssize_t ns_len[XML_PROLOGUE_NS]
 
 
 #: The header's local names, in XH_HEADER, XH_MKE ... order.
@@ -646,6 +657,7 @@ cdef void _xml_names_c(tuple names, XmlNames* out):
     cdef int f, k, body = 0
     cdef bytes name
     out.count = 0
+    out.prologue_len = 0
     memset(out.first, -1, sizeof(out.first))
     for k, name in enumerate(_XML_HEADER_NAMES):
         _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_HEADER + k, 0)
@@ -1876,6 +1888,13 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
 # whitespace outside the root) and declines anything else, for the reference to
 # decide; a document cut off inside its elements, or using an unbound prefix, it
 # rejects as expat would.  tests/test_fastdecode.py holds it to the reference.
+#
+# A switch begins every document with the same declaration and root start tag, whose
+# namespace declarations took a fifth of a document's instructions.  The matcher keeps
+# the last prologue read (XmlNames.prologue) and the state it left: the open root and
+# the namespaces it declares.  A document that begins with those very bytes starts from
+# that state; everything after them is read as ever.  It is the prologue that is kept,
+# never a message or its answer (tests/test_differential.py, the prologue test).
 
 DEF XML_MAX_DEPTH = 64
 DEF XML_MAX_NS = 32
@@ -1889,10 +1908,11 @@ cdef inline bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const c
                      Py_ssize_t litlen) noexcept nogil:
     return b - a == litlen and sg_eq(p + a, <const unsigned char*> lit, litlen)
 
-cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
+cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
                     Fields* out) noexcept nogil:
     """Read a simple XML payload into out, exactly as the reference would: READ,
-    DECLINED or REJECTED.  names: the local names read (_xml_names_c).
+    DECLINED or REJECTED.  names: the local names read (_xml_names_c), and the
+    prologue of the last document read there, which this one's may repeat.
 
     Every byte is looked at once, by the part that reads it: markup character by
     character, character data and attribute values by sg_xml_scan, which declines
@@ -1922,7 +1942,22 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
         el_a[f] = -1
         el_b[f] = -1
     i = 0
-    if n >= 5 and memcmp(p, b"<?xml", 5) == 0:
+    if names.prologue_len and n > names.prologue_len and memcmp(p, names.prologue, names.prologue_len) == 0:
+        # The last document's declaration and root start tag, byte for byte: they were
+        # read without a fault then, and leave the same state now.  The root is no
+        # name the fast path reads (else the prologue is not kept), so that state is
+        # the open root and the namespaces it declares.
+        nns = names.nns
+        for f in range(nns):
+            ns_a[f] = names.ns_a[f]
+            ns_len[f] = names.ns_len[f]
+            ns_depth[f] = 1
+        open_a[0] = names.root_a
+        open_len[0] = names.root_len
+        depth = 1
+        root_seen = True
+        i = names.prologue_len
+    elif n >= 5 and memcmp(p, b"<?xml", 5) == 0:
         if n >= 21 and memcmp(p, b'<?xml version="1.0"?>', 21) == 0:
             i = 21
         elif n >= 38 and (memcmp(p, b'<?xml version="1.0" encoding="UTF-8"?>', 38) == 0
@@ -2110,6 +2145,16 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, const XmlNames* names,
             open_a[depth] = i + 1
             open_len[depth] = name_end - (i + 1)
             depth += 1
+            if depth == 1 and known == NULL and j <= XML_PROLOGUE_MAX and nns <= XML_PROLOGUE_NS:
+                # the root's start tag, read: keep the prologue for the next document
+                memcpy(names.prologue, p, j)
+                names.prologue_len = j
+                names.root_a = open_a[0]
+                names.root_len = open_len[0]
+                names.nns = nns
+                for f in range(nns):
+                    names.ns_a[f] = ns_a[f]
+                    names.ns_len[f] = ns_len[f]
         i = j
     if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
         return False

@@ -250,3 +250,74 @@ def test_engine_agrees_when_parties_fall_into_more_classes_than_a_table_word_hol
         assert a.replies == b.replies
         rules_hit = {r.rule for r in b.records}
         assert {"r0", "r1", "r1100", "r1199"} <= rules_hit  # classes on both sides of 1,022
+
+
+def _xml_doc(root_attrs: str, prefix: str = "nh2", ori: str = "AZ0070000", rest: str | None = None) -> bytes:
+    """A NIEM-like document whose root declares n2 and root_attrs, its header
+    elements in prefix's namespace."""
+    head = ('<?xml version="1.0" encoding="UTF-8"?>'
+            f'<n2:NLETS xmlns:n2="http://www.nlets.org/niem2/1.0" {root_attrs}>')  # fmt: skip
+    if rest is None:
+        rest = (f"<n2:NLETSMessageHeader><{prefix}:MessageKeyCodeText>DQ</{prefix}:MessageKeyCodeText>"
+                f"<{prefix}:OriginatingORIID>{ori}</{prefix}:OriginatingORIID>"
+                f"<{prefix}:DestinationORIID>CA</{prefix}:DestinationORIID></n2:NLETSMessageHeader>"
+                "<n2:NLETSInquiryData><AttentionText>OFFICER 1</AttentionText></n2:NLETSInquiryData>"
+                "</n2:NLETS>")  # fmt: skip
+    return (head + rest).encode()
+
+
+def test_xml_prologue_kept_from_the_last_document_changes_no_answer():
+    """The XML fast path keeps the last document's prologue (its declaration and root
+    start tag) and the namespaces it declared, for a next document that begins with
+    the same bytes.  Documents that repeat it, differ from it in one byte anywhere
+    (the last declaration's prefix, which the header then uses), stop inside or just
+    after it, declare more namespaces than are kept, or have a root the fast path
+    reads are all decided as the reference engine decides them, one after another
+    through one engine and matcher."""
+    from proxy._framing import frame
+
+    nh2 = 'xmlns:nh2="urn:nh"'
+    nh3 = 'xmlns:nh3="urn:nh"'  # the same length: only the prefix differs, 14 bytes from the end
+    many = " ".join(f'xmlns:p{i}="urn:p{i}"' for i in range(16)) + " " + nh2
+    a = _xml_doc(nh2)
+    prologue = a[: a.index(b"<n2:NLETSMessageHeader>")]
+    known_root = (b'<AttentionText xmlns:n2="urn:n">OFFICER 2<n2:NLETSMessageHeader>'
+                  b"<n2:MessageKeyCodeText>DQ</n2:MessageKeyCodeText><n2:OriginatingORIID>AZ0070000"
+                  b"</n2:OriginatingORIID><n2:DestinationORIID>CA</n2:DestinationORIID>"
+                  b"</n2:NLETSMessageHeader></AttentionText>")  # fmt: skip
+    payloads = [
+        a,
+        _xml_doc(nh2, ori="DCHSI0000"),  # the same prologue, another agency
+        _xml_doc(nh3, prefix="nh3"),  # one byte off, in the last declaration
+        _xml_doc(nh2, prefix="nh3"),  # nh2's prologue again, the header in a prefix it does not bind
+        _xml_doc(nh3, prefix="nh3"),
+        _xml_doc(nh3, prefix="nh2"),
+        a,
+        prologue[:-1] + b" " + a[len(prologue):],  # the root's '>' gone: not well-formed
+        a,
+        prologue,  # the prologue alone: cut off inside the root
+        prologue + b"<",
+        prologue + b"</n2:NLETS>",  # the root closed at once: no header
+        _xml_doc(nh2, rest="<n2:NLETSMessageHeader></n2:NLETS>"),  # misnested after the prologue
+        a.replace(b"UTF-8", b"utf-8"),
+        a,
+        _xml_doc(many),  # eighteen declarations: more than are kept
+        _xml_doc(many, ori="VTICE0900"),
+        a,
+        known_root,  # a root the fast path reads: its text is the attention
+        known_root,
+        a,
+    ]
+    policy = compile_policy(parse_config(random_policy_text(random.Random(8))))
+    matcher = Matcher(policy)
+    for direction in ("in", "out"):
+        fast = Engine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        ref = ReferenceEngine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        for p in payloads:
+            x = fast.feed(frame(p, "len32"), matcher, "T")
+            y = ref.feed(frame(p, "len32"), policy, "T")
+            assert x.lines == y.lines, p
+            assert x.forward == y.forward and x.replies == y.replies
+    actions = [r.action for p in payloads for r in ReferenceEngine(
+        "in", 1, "p", "len32", 1 << 20, b"", Sequencer(0, "t")).feed(frame(p, "len32"), policy, "T").records]
+    assert "reject" in actions and actions.count("reject") < len(actions)  # both kinds were there
