@@ -617,7 +617,7 @@ cdef struct XmlNames:
     XmlName name[XML_MAX_NAMES + 5]  # the header's five names, then the body's
     # The prologue (XML declaration and root start tag) of the last document read,
     # and the state it left: a switch sends every message with the same one, whose
-    # namespace declarations cost a tenth of a document's reading (_xml_spans).
+    # namespace declarations cost a fifth of a document's reading (_xml_spans).
     Py_ssize_t prologue_len          # 0: none kept
     unsigned char prologue[XML_PROLOGUE_MAX]
     Py_ssize_t root_a, root_len      # the root's name

@@ -269,9 +269,9 @@ def _xml_doc(root_attrs: str, prefix: str = "nh2", ori: str = "AZ0070000", rest:
 def test_xml_prologue_kept_from_the_last_document_changes_no_answer():
     """The XML fast path keeps the last document's prologue (its declaration and root
     start tag) and the namespaces it declared, for a next document that begins with
-    the same bytes.  Documents that repeat it, differ from it in one byte anywhere
-    (the last declaration's prefix, which the header then uses), stop inside or just
-    after it, declare more namespaces than are kept, or have a root the fast path
+    the same bytes.  Documents that repeat it, differ from it in one byte (its last,
+    or the last declaration's prefix, which the header then uses), stop inside or
+    just after it, declare more namespaces than are kept, or have a root the fast path
     reads are all decided as the reference engine decides them, one after another
     through one engine and matcher."""
     from proxy._framing import frame
