@@ -46,7 +46,7 @@ from proxy._fastmatch import Engine  # noqa: E402
 from proxy._framing import frame  # noqa: E402
 from proxy._log import DecisionLog  # noqa: E402
 from proxy._pipeline import Sequencer  # noqa: E402
-from proxy._traffic import TrafficGenerator, answer  # noqa: E402
+from proxy._traffic import TrafficGenerator, switch_response  # noqa: E402
 
 
 def main() -> int:
@@ -114,7 +114,7 @@ def generated(gen: TrafficGenerator, count: int, responses: bool) -> list[bytes]
     rng = random.Random(5)
     out: list[bytes] = []
     while len(out) < count:
-        r = answer(gen.query().payload, POLICY.local_ori, rng)
+        r = switch_response(gen.query().payload, POLICY.local_ori, rng)
         if r is not None:
             out.append(r)
     return out

@@ -15,7 +15,7 @@ import ssl
 import trio
 
 from ._framing import frame, make_framer
-from ._traffic import answer
+from ._traffic import switch_response
 
 
 class SimulatedSwitch:
@@ -88,4 +88,4 @@ class SimulatedSwitch:
     def _respond(self, payload: bytes) -> bytes | None:
         if not self.answer:
             return None
-        return answer(payload, self.state_ori, self.rng)
+        return switch_response(payload, self.state_ori, self.rng)

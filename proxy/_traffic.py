@@ -235,7 +235,7 @@ def response_for(request_fmt: str, mke: str, requester: str, ctl: str | None, st
     return render(request_fmt, key, state_ori, [requester], ctl, None, None, None, photo, data)
 
 
-def answer(payload: bytes, state_ori: str, rng: random.Random) -> bytes | None:
+def switch_response(payload: bytes, state_ori: str, rng: random.Random) -> bytes | None:
     """What the simulated switch (proxy._switch) answers to a query's payload: the
     response to it, carrying its control field, or None for a malformed query or one
     with no response."""

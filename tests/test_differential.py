@@ -9,7 +9,7 @@ from proxy._config import parse_config
 from proxy._fastmatch import Engine, Matcher, fast_decode_text, fast_decode_xml
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
-from proxy._traffic import TrafficGenerator, answer
+from proxy._traffic import TrafficGenerator, switch_response
 from proxy._types import Message
 
 ORIS = ["VTICE0900", "TXICE0300", "DCHSI0000", "AZ0000000", "AZ0070000", "CA0000000",
@@ -131,7 +131,7 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
         for g in gen.queries(800):
             p = g.payload
             if rng.random() < 0.4:
-                p = answer(p, policy.local_ori, rng) or p
+                p = switch_response(p, policy.local_ori, rng) or p
             if rng.random() < 0.1:
                 p = _mutate(rng, p)
             if framing == "delimited":
