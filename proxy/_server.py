@@ -421,18 +421,21 @@ async def send_decided(state: _Conn, stream: trio.abc.Stream, lock: trio.StrictF
 
     On plain TCP, while the pair is open and nobody else is sending, the bytes go
     straight to the socket, which on loopback or a fast link nearly always takes them
-    all: trio's lock, cancel scope and ``send_all`` each pass through its scheduler even
-    when nothing blocks, and for a chunk of one message those passes cost more than
-    deciding it (bench/README.md).  Whatever the socket does not take goes the general
-    way.  The pump's next receive (``receive_chunk``) is still a schedule point every chunk, so
+    all, without taking the lock: trio's lock, cancel scope and ``send_all`` each pass
+    through its scheduler or its bookkeeping even when nothing blocks, and for a chunk
+    of one message those passes cost more than deciding it (bench/README.md).
+    Whatever the socket does not take goes the general way, under the lock.  The
+    pump's next receive (``receive_chunk``) is still a schedule point every chunk, so
     other connections get their turn and a close is seen.
     """
     if not lock.locked() and state.send_deadline == math.inf:
-        lock.acquire_nowait()
+        # No await between the check and the write, so no other task can run, let
+        # alone send: the lock is taken only if part of the data must wait.
+        sent = write_now(stream, data)
+        if sent == len(data):
+            return True
+        lock.acquire_nowait()  # still free: nothing has run since the check
         try:
-            sent = write_now(stream, data)
-            if sent == len(data):
-                return True
             rest = memoryview(data)[sent:] if sent else data
             return await _send_shielded(state, stream, rest, None)
         finally:
