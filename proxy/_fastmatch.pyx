@@ -18,6 +18,8 @@ cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport abort, calloc, malloc, free, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.time cimport gmtime_r, strftime, time_t, tm
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from cpython.dict cimport PyDict_GetItem
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF
@@ -2509,6 +2511,61 @@ def line_ends(bytes data, Py_ssize_t pos, Py_ssize_t k):
     return pos
 
 
+# ------------------------------------------------------------------- timestamps
+#
+# Every chunk the proxy decides is stamped with the system clock, thousands of times a
+# second at a modest rate, one message a chunk.  Formatted in Python (time.time_ns,
+# divmod, an f-string) and then JSON-encoded into the lines' head, that cost about as
+# much as deciding the message (bench/README.md); here it is a clock read and six
+# digits, the text up to the seconds made once a second.
+
+DEF STAMP_LEN = 27             # 2026-11-22T15:04:05.123456Z
+
+cdef long long _stamp_second = -1
+cdef char[20] _stamp_prefix    # "%Y-%m-%dT%H:%M:%S" of _stamp_second, NUL-terminated
+
+
+cdef int _stamp(long long second, long us, char* out) except -1:
+    """The RFC 3339 UTC stamp of a time (seconds since the epoch and microseconds),
+    STAMP_LEN characters into out: what proxy._pipeline.format_utc_ns writes."""
+    global _stamp_second
+    cdef time_t t = <time_t> second
+    cdef tm parts
+    cdef int k
+    if second != _stamp_second:
+        if second < 0 or gmtime_r(&t, &parts) == NULL \
+                or strftime(_stamp_prefix, 20, b"%Y-%m-%dT%H:%M:%S", &parts) != 19:
+            raise ValueError(f"no RFC 3339 stamp for {second} s since the epoch")
+        _stamp_second = second
+    memcpy(out, _stamp_prefix, 19)
+    out[19] = 46  # '.'
+    for k in range(25, 19, -1):
+        out[k] = <char> (48 + us % 10)
+        us //= 10
+    out[26] = 90  # 'Z'
+    return 0
+
+
+cdef int _stamp_now(char* out) except -1:
+    """The system clock's time (CLOCK_REALTIME, as time.time_ns reads it), stamped."""
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    return _stamp(now.tv_sec, now.tv_nsec // 1000, out)
+
+
+def format_utc_ns(ns):
+    """The compiled twin of proxy._pipeline.format_utc_ns, for tests."""
+    cdef char[STAMP_LEN] out
+    second, us = divmod(ns // 1000, 1_000_000)  # times past 2262 too, as Python's
+    _stamp(second, us, out)
+    return PyUnicode_DecodeASCII(out, STAMP_LEN, NULL)
+
+
+cdef str _head_ts(bytes head):
+    """The stamp in a head Engine._head made from the clock, as a str."""
+    return PyUnicode_DecodeASCII(PyBytes_AS_STRING(head) + 7, STAMP_LEN, NULL)
+
+
 # ----------------------------------------------------------------------- engine
 
 _json = msgspec.json.Encoder()
@@ -2557,6 +2614,8 @@ cdef class Engine:
     cdef readonly object peer
     cdef object sequencer
     cdef bytes line_mid      # ,"conn":..,"peer":..,"dir":..,"fmt":
+    cdef str rid_str         # the sequencer's run id when last seen, and as a head writes it
+    cdef bytes rid_bytes
     cdef Buf lines
     cdef Buf forward
     cdef Buf replies
@@ -2600,8 +2659,9 @@ cdef class Engine:
         """Bytes of buffer kept between chunks (for the lines and the forwards)."""
         return self.lines.cap + self.forward.cap
 
-    def feed(self, bytes data, Matcher matcher, str ts):
-        """Frame, decode, decide and log one chunk: a Batch."""
+    def feed(self, bytes data, Matcher matcher, str ts=None):
+        """Frame, decode, decide and log one chunk: a Batch.  ``ts`` is the chunk's
+        time in its lines (RFC 3339); None stamps it with the system clock now."""
         return self._run(data, matcher, ts, True)
 
     def decide(self, bytes data, Matcher matcher):
@@ -2629,7 +2689,7 @@ cdef class Engine:
         dec = seqr.decisions
         answer = m.deny_reply and not m.monitor and self.dir_code == DIR_IN
         rid = None  # the run id as each reply format writes it, when a chunk has a reply
-        head = b'{"ts":%s,"id":"%s-' % (_json.encode(ts), (<str> seqr.run_id).encode()) if emit else None
+        head = self._head(ts, seqr.run_id) if emit else None
         self.lines.len = 0
         self.forward.len = 0
         self.replies.len = 0
@@ -2685,7 +2745,7 @@ cdef class Engine:
                     fwd = act == ACT_ALLOW or m.monitor
                     if emit:
                         _put_bytes(out, _json.encode(LogRecord(
-                            ts, f"{seqr.run_id}-{dec:x}", seq, self.conn, self.peer,
+                            ts if ts is not None else _head_ts(head), f"{seqr.run_id}-{dec:x}", seq, self.conn, self.peer,
                             self.direction, msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur,
                             msg.rsn, msg.atn, msg.imq,
                             m.last_agency, m.last_groups, "deny" if act == ACT_DENY else "allow",
@@ -2731,6 +2791,27 @@ cdef class Engine:
         _trim(&self.forward)
         _trim(&self.replies)
         return Batch(lines, seq - first, seq, forward, replies)
+
+    cdef bytes _head(self, str ts, str run_id):
+        """The start of each of the chunk's lines: its time (``ts``, else the clock's
+        now) and its decision ids' run part, ``{"ts":"…","id":"<run id>-``."""
+        cdef Py_ssize_t r
+        cdef bytes head
+        cdef char* q
+        if run_id is not self.rid_str:
+            self.rid_str = run_id
+            self.rid_bytes = run_id.encode()
+        if ts is not None:
+            return b'{"ts":%s,"id":"%s-' % (_json.encode(ts), self.rid_bytes)
+        r = PyBytes_GET_SIZE(self.rid_bytes)
+        head = PyBytes_FromStringAndSize(NULL, 15 + STAMP_LEN + r + 1)
+        q = PyBytes_AS_STRING(head)  # new, so not yet seen by anyone: filled in place
+        memcpy(q, b'{"ts":"', 7)
+        _stamp_now(q + 7)
+        memcpy(q + 7 + STAMP_LEN, b'","id":"', 8)
+        memcpy(q + 15 + STAMP_LEN, PyBytes_AS_STRING(self.rid_bytes), r)
+        q[15 + STAMP_LEN + r] = 45  # '-'
+        return head
 
     cdef int _framed_reply(self, bytes payload) except -1:
         """An ER payload into the chunk's replies, framed as the connection frames."""

@@ -189,6 +189,44 @@ def test_log_lines_escape_what_json_must():
         assert any(r.atn and '"' in r.atn for r in fast.records)
 
 
+def test_a_chunk_fed_without_a_time_is_stamped_with_the_clock():
+    """With no ``ts`` the engine stamps the chunk itself, as the proxy runs it: every
+    line of the chunk, those the fast paths write and the one the reference decoder's
+    path writes (an XML comment: declined), has the same stamp, the clock's between the
+    calls before and after, and each line is otherwise the one a given ``ts`` makes;
+    a second chunk with a fresh run id carries it."""
+    from datetime import datetime, timezone
+
+    from proxy._framing import frame
+    from proxy._pipeline import utc_timestamp
+
+    policy = compile_policy(parse_config(random_policy_text(random.Random(4))))
+    matcher = Matcher(policy)
+    gen = TrafficGenerator(6, policy.state, malformed_share=0.1)
+    payloads = [q.payload for q in gen.queries(300)] + [
+        b'<!-- x --><n2:NLETS xmlns:n2="urn:n"><n2:NLETSMessageHeader><n2:MessageKeyCodeText>DQ'
+        b"</n2:MessageKeyCodeText><n2:OriginatingORIID>AZ0070000</n2:OriginatingORIID>"
+        b"<n2:DestinationORIID>CA</n2:DestinationORIID></n2:NLETSMessageHeader></n2:NLETS>"
+    ]
+    assert fast_decode_xml(payloads[-1], matcher.xml_names) is None  # the slow path's
+    stream = b"".join(frame(p, "len32") for p in payloads)
+    seq = Sequencer(0, "run1")
+    engine = Engine("in", 3, "127.0.0.1:9", "len32", 1 << 20, b"", seq)
+    before = utc_timestamp()
+    batch = engine.feed(stream, matcher)
+    after = utc_timestamp()
+    stamps = {r.ts for r in batch.records}
+    assert len(stamps) == 1 and batch.count == len(payloads)
+    (ts,) = stamps
+    assert before <= ts <= after  # one fixed-width form, so text order is time order
+    datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    given = Engine("in", 3, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "run1")).feed(stream, matcher, ts)
+    assert batch.lines == given.lines
+    assert batch.records[-1].mke == "DQ" and batch.records[-1].action != "reject"
+    seq.run_id = "run2"  # a head is made per chunk: a new run id shows at once
+    assert {r.id.split("-")[0] for r in engine.feed(stream, matcher).records} == {"run2"}
+
+
 def test_engine_gives_back_a_large_buffer_and_keeps_a_small_one():
     """A chunk of tiny frames makes log lines many times its size; the engine gives
     such a buffer back after the chunk instead of keeping it at every connection, and

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from proxy._log import DecisionLog, LogUnavailable
 from proxy._logfiles import log_files
+from proxy._fastmatch import format_utc_ns as fast_format_utc_ns
 from proxy._pipeline import format_utc_ns, utc_timestamp
 from proxy._types import LogRecord
 from proxy._verify import verify
@@ -486,16 +487,23 @@ def test_disk_space_is_reserved_ahead_and_given_back(tmp_path):
 # ------------------------------------------------------------------ timestamps
 
 
-@given(st.integers(min_value=0, max_value=253402300799_999_999_999))  # to 9999-12-31
+#: The Python formatter and the engine's compiled one (what the proxy stamps chunks with).
+FORMATTERS = pytest.mark.parametrize("format_utc_ns", [format_utc_ns, fast_format_utc_ns],
+                                     ids=["python", "compiled"])  # fmt: skip
+
+
+@FORMATTERS
+@given(ns=st.integers(min_value=0, max_value=253402300799_999_999_999))  # to 9999-12-31
 @settings(max_examples=2000, deadline=None)
-def test_timestamps_are_datetimes_rfc3339_form(ns):
+def test_timestamps_are_datetimes_rfc3339_form(format_utc_ns, ns):
     """The cached-second formatter gives what datetime's strftime gives, truncated to
     the microsecond, for any time to the year 9999, in any order of calls."""
     expected = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000))
     assert format_utc_ns(ns) == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def test_timestamps_across_a_second_boundary():
+@FORMATTERS
+def test_timestamps_across_a_second_boundary(format_utc_ns):
     """The cache holds one second: the next second's text is not the last one's."""
     second = 1_764_633_599  # 2025-12-01T23:59:59Z
     ns = second * 10**9
