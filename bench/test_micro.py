@@ -150,6 +150,27 @@ def test_engine(benchmark, path):
     assert benchmark(run) == N
 
 
+@pytest.mark.parametrize("stamp", ["by the engine", "utc_timestamp()"])
+def test_one_message_chunks(benchmark, stamp):
+    """1,000 chunks of one message each through one engine, as the proxy feeds them at a
+    modest rate (a chunk a message): ``by the engine`` as the proxy runs, the chunk
+    stamped with the clock in C (``Engine.feed`` with no ``ts``), against the time
+    made in Python (``proxy._pipeline.utc_timestamp``) and given.  Here each chunk's
+    fixed cost shows, which a chunk of 1,000 messages spreads thin."""
+    from proxy._pipeline import utc_timestamp
+
+    benchmark.group = "engine with log lines, 1000 chunks of one mixed message"
+    chunks = [frame(p, "len32") for p in MIXED]
+    engine = Engine("in", 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer())
+    if stamp == "by the engine":
+        def run():
+            return sum(engine.feed(c, MATCHER).count for c in chunks)
+    else:
+        def run():
+            return sum(engine.feed(c, MATCHER, utc_timestamp()).count for c in chunks)
+    assert benchmark(run) == N
+
+
 @pytest.mark.parametrize("fmt", ["text", "xml", "json"])
 def test_engine_by_format(benchmark, fmt):
     """The compiled decision path (Engine.decide) on 1,000 messages of one format."""
