@@ -2745,9 +2745,9 @@ cdef class Engine:
                     fwd = act == ACT_ALLOW or m.monitor
                     if emit:
                         _put_bytes(out, _json.encode(LogRecord(
-                            ts if ts is not None else _head_ts(head), f"{seqr.run_id}-{dec:x}", seq, self.conn, self.peer,
-                            self.direction, msg.fmt, msg.mke, msg.ori, msg.dst, msg.ctl, msg.pur,
-                            msg.rsn, msg.atn, msg.imq,
+                            ts if ts is not None else _head_ts(head), f"{seqr.run_id}-{dec:x}", seq,
+                            self.conn, self.peer, self.direction, msg.fmt, msg.mke, msg.ori, msg.dst,
+                            msg.ctl, msg.pur, msg.rsn, msg.atn, msg.imq,
                             m.last_agency, m.last_groups, "deny" if act == ACT_DENY else "allow",
                             m.rule_ids[m.last_rule] if m.last_rule >= 0 else "default",
                             m.rule_ids[m.last_shadow] if m.last_shadow >= 0 else None,
