@@ -24,7 +24,10 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
   path's in the same run, and likewise over the trio relay's (what its work adds to
   trio's own), and the share of CPU time the hypervisor stole in each path's worst
   run (/proc/stat): time a ready process here waited for a real CPU, one part of a
-  virtual machine's latency tail that no path under test controls;
+  virtual machine's latency tail that no path under test controls; and with each
+  path, the CPU a query of the harness itself (the load generator over its sending,
+  the switch) and how busy the machine's CPUs were while sending (/proc/stat): on a
+  small machine the harness shares the CPUs with the path under test;
 * serial round trips (`--serial` of them, one query in flight): the round trip, and the
   CPU time stategate and the trio relay spend on each (two chunks of one message), the
   fixed cost per chunk that latency at low rates is made of;
@@ -55,7 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_jiffies, machine, steal_share  # noqa: E402
+from _common import busy_share, cpu_jiffies, machine, steal_share  # noqa: E402
 
 from proxy._framing import frame  # noqa: E402
 
@@ -265,6 +268,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
     t = threading.Thread(target=receiver)
     t.start()
     start = time.perf_counter()
+    cpu0, jiffies0 = time.process_time(), cpu_jiffies()  # the sending, not the start-up
     tick = 0.001
     owed = 0.0
     k = sent = 0
@@ -285,6 +289,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
         sent += owed
     done.wait(30)
     t.join(1)
+    cpu, busy = time.process_time() - cpu0, busy_share(jiffies0, cpu_jiffies())
     s.close()
     rtts.sort()
     elapsed = time.perf_counter() - start
@@ -293,7 +298,8 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
         return rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6 if rtts else float("nan")
 
     return {"rate": rate, "sent": sent, "answered": len(rtts), "seconds": elapsed,
-            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999)}  # fmt: skip
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "load_cpu_us_per_query": cpu / sent * 1e6 if sent else 0.0, "busy": busy}  # fmt: skip
 
 
 def serial_run(port: int, pool: list[bytes], n: int) -> dict:
@@ -549,9 +555,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                     for name, port in paths.items():  # interleaved
                         before = cpu_jiffies()
                         cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
+                        switch0 = cpu_seconds(switch.pid)
                         chunks0 = chunk_times(admin_port) if name == "stategate" else {}
                         r = load(args, port, rate=rate, seconds=args.latency_seconds)
                         r["steal"] = steal_share(before, cpu_jiffies())
+                        r["switch_cpu_us_per_query"] = (cpu_seconds(switch.pid) - switch0) / r["sent"] * 1e6
                         if name in pids:
                             r["cpu_us_per_query"] = (cpu_seconds(pids[name]) - cpu0) / r["sent"] * 1e6
                         if name == "stategate":
@@ -573,6 +581,12 @@ def orchestrate(args: argparse.Namespace) -> int:
                 cpu = ", ".join(f"{name} {statistics.median(r['cpu_us_per_query'] for r in lat[name]):.1f} us"
                                 for name in pids)  # fmt: skip
                 print(f"  {rate:>8,}  CPU a query (median): {cpu}")
+                harness = ", ".join(
+                    f"{name} {statistics.median(r['load_cpu_us_per_query'] for r in rs):.1f} + "
+                    f"{statistics.median(r['switch_cpu_us_per_query'] for r in rs):.1f} us, "
+                    f"{100 * statistics.median(r['busy'] for r in rs):.0f}% busy" for name, rs in lat.items())
+                print(f"  {rate:>8,}  the harness's CPU a query, load generator + switch, and the machine's "
+                      f"CPUs busy while sending (medians): {harness}")  # fmt: skip
                 sg_runs = lat["stategate"]
                 over = ", ".join(f"over {float(b) * 1e6:.0f} us {100 * min(r[b] for r in sg_runs):.2f} to "
                                  f"{100 * max(r[b] for r in sg_runs):.2f}%" for b in CHUNK_BOUNDS)  # fmt: skip
