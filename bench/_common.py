@@ -44,16 +44,6 @@ def steal_share(before: dict[str, int], after: dict[str, int]) -> float:
     return (after["steal"] - before["steal"]) / total if total else 0.0
 
 
-def busy_share(before: dict[str, int], after: dict[str, int]) -> float:
-    """Of the CPU time between two :func:`cpu_jiffies` readings, the share the
-    machine's CPUs spent running anything (all but idle and I/O wait)."""
-    if not before or not after:
-        return float("nan")
-    total = sum(after.values()) - sum(before.values())
-    idle = sum(after[k] - before[k] for k in ("idle", "iowait"))
-    return (total - idle) / total if total else 0.0
-
-
 def order_balanced(ratios: list[float | None]) -> float | None:
     """The median, over pairs of rounds (the first and second, the third and fourth
     ...), of each pair's geometric mean ratio; None when no pair has both ratios.

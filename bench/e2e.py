@@ -26,8 +26,10 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
   run (/proc/stat): time a ready process here waited for a real CPU, one part of a
   virtual machine's latency tail that no path under test controls; and with each
   path, the CPU a query of the harness itself (the load generator over its sending,
-  the switch) and how busy the machine's CPUs were while sending (/proc/stat): on a
-  small machine the harness shares the CPUs with the path under test;
+  the switch) and the share of the machine's CPUs that it and the path (where its
+  CPU is read: HAProxy, the trio relay, stategate) took at that rate: on a small
+  machine the harness shares the CPUs with the path under test, and a latency tail
+  is made of wake-ups that find the CPUs busy;
 * serial round trips (`--serial` of them, one query in flight): the round trip, and the
   CPU time stategate and the trio relay spend on each (two chunks of one message), the
   fixed cost per chunk that latency at low rates is made of;
@@ -58,7 +60,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import busy_share, cpu_jiffies, machine, steal_share  # noqa: E402
+from _common import cpu_jiffies, machine, steal_share  # noqa: E402
 
 from proxy._framing import frame  # noqa: E402
 
@@ -268,7 +270,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
     t = threading.Thread(target=receiver)
     t.start()
     start = time.perf_counter()
-    cpu0, jiffies0 = time.process_time(), cpu_jiffies()  # the sending, not the start-up
+    cpu0 = time.process_time()  # the sending's, not the start-up's
     tick = 0.001
     owed = 0.0
     k = sent = 0
@@ -289,7 +291,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
         sent += owed
     done.wait(30)
     t.join(1)
-    cpu, busy = time.process_time() - cpu0, busy_share(jiffies0, cpu_jiffies())
+    cpu = time.process_time() - cpu0
     s.close()
     rtts.sort()
     elapsed = time.perf_counter() - start
@@ -299,7 +301,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
 
     return {"rate": rate, "sent": sent, "answered": len(rtts), "seconds": elapsed,
             "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
-            "load_cpu_us_per_query": cpu / sent * 1e6 if sent else 0.0, "busy": busy}  # fmt: skip
+            "load_cpu_us_per_query": cpu / sent * 1e6 if sent else 0.0}  # fmt: skip
 
 
 def serial_run(port: int, pool: list[bytes], n: int) -> dict:
@@ -509,6 +511,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             admin_port = free_port()
             sg, sg_port = start_stategate(switch_port, workdir, admin_port=admin_port)
             pids = {"stategate": sg.pid, TRIO_RELAY: relay.pid}
+            if haproxy is not None:
+                pids[HAPROXY] = haproxy[0].pid
             procs.append(sg)
             paths["stategate"] = sg_port
             print(f"paths: {', '.join(paths)}; stategate logs every decision (sealed; fsync after seals, "
@@ -581,12 +585,15 @@ def orchestrate(args: argparse.Namespace) -> int:
                 cpu = ", ".join(f"{name} {statistics.median(r['cpu_us_per_query'] for r in lat[name]):.1f} us"
                                 for name in pids)  # fmt: skip
                 print(f"  {rate:>8,}  CPU a query (median): {cpu}")
-                harness = ", ".join(
-                    f"{name} {statistics.median(r['load_cpu_us_per_query'] for r in rs):.1f} + "
-                    f"{statistics.median(r['switch_cpu_us_per_query'] for r in rs):.1f} us, "
-                    f"{100 * statistics.median(r['busy'] for r in rs):.0f}% busy" for name, rs in lat.items())
-                print(f"  {rate:>8,}  the harness's CPU a query, load generator + switch, and the machine's "
-                      f"CPUs busy while sending (medians): {harness}")  # fmt: skip
+                harness = []
+                for name, rs in lat.items():
+                    load_us, switch_us = (statistics.median(r[k] for r in rs)
+                                          for k in ("load_cpu_us_per_query", "switch_cpu_us_per_query"))  # fmt: skip
+                    path_us = statistics.median(r["cpu_us_per_query"] for r in rs) if name in pids else 0.0
+                    share = (load_us + switch_us + path_us) * rate / 1e6 / (os.cpu_count() or 1)
+                    harness.append(f"{name} {load_us:.1f} + {switch_us:.1f} us ({100 * share:.0f}%)")
+                print(f"  {rate:>8,}  the harness's CPU a query, load generator (sending) + switch, and (the "
+                      f"share of the machine's {os.cpu_count()} CPUs it and the path took): {', '.join(harness)}")
                 sg_runs = lat["stategate"]
                 over = ", ".join(f"over {float(b) * 1e6:.0f} us {100 * min(r[b] for r in sg_runs):.2f} to "
                                  f"{100 * max(r[b] for r in sg_runs):.2f}%" for b in CHUNK_BOUNDS)  # fmt: skip
