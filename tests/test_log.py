@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy._fastmatch import format_utc_ns as fast_format_utc_ns
 from proxy._log import DecisionLog, LogUnavailable
 from proxy._logfiles import log_files
-from proxy._fastmatch import format_utc_ns as fast_format_utc_ns
 from proxy._pipeline import format_utc_ns, utc_timestamp
 from proxy._types import LogRecord
 from proxy._verify import verify
