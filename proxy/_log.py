@@ -264,6 +264,8 @@ class _InlineSealHash:
     def save(self) -> None:
         self._saved = self._hash.copy()
 
+    mark = save
+
     def restore(self) -> None:
         self._hash = self._saved
 
@@ -427,9 +429,11 @@ class DecisionLog:
         self._hash.save()
         return (self.seal_n, self.prev, self._pending)
 
-    def _write_all(self, parts: list[bytes], state: tuple[int, str, int] | None) -> None:
+    def _write_all(self, parts: list[bytes], state: tuple[int, str, int] | None,
+                   rewind: bool = False) -> None:  # fmt: skip
         """Write all of ``parts``, one after another, or, on failure, none of them (and
-        put back the seal ``state`` of before it, if given).
+        put back the seal ``state`` of before it, if given, and the hash as saved or
+        marked before it, if given or ``rewind``).
 
         The parts go in one ``writev``, so a seal and the batch after it are written
         without first being joined: at full load every batch has a seal before it, and
@@ -455,6 +459,7 @@ class DecisionLog:
                     pass
             if state is not None:
                 self.seal_n, self.prev, self._pending = state
+            if state is not None or rewind:
                 self._hash.restore()
             self.broken = True
             raise LogUnavailable(exc.errno, f"cannot write {self.path}: {exc.strerror}") from exc
@@ -491,11 +496,17 @@ class DecisionLog:
             if self._pending + count > self.seal_every:
                 state = self._state()
                 parts.insert(0, self._seal_bytes())
-            self._write_all(parts, state)
-            # hashed once written, so a failed write leaves the hash as it was
-            if len(lines) >= BACKGROUND_HASH_BYTES:
+            # A long batch goes to the hash thread before its write, so that the thread
+            # hashes it meanwhile and the next seal seldom waits for it (bench/README,
+            # "Seal cost"); a failed write puts the hash back as saved (state) or as
+            # marked here.  A short one is hashed here once written.
+            early = len(lines) >= BACKGROUND_HASH_BYTES
+            if early:
+                if state is None:
+                    self._hash.mark()
                 self._hash.feed(lines)
-            else:
+            self._write_all(parts, state, rewind=early)
+            if not early:
                 self._hash.update(lines)
             self._pending += count
             if state is not None:

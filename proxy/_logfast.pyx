@@ -76,7 +76,8 @@ cdef extern from *:
     }
 
     /* A queue of chunks to hash and the thread that hashes them, in order, into ctx.
-       head counts chunks hashed, tail chunks queued; both only grow. */
+       head counts chunks hashed, tail chunks queued; both only grow.  A chunk with
+       no bytes (p NULL) is a mark: the thread copies ctx, as it is then, to saved. */
     #define SG_QUEUE 1024
     typedef struct { const char *p; size_t n; } sg_chunk;
     typedef struct {
@@ -85,7 +86,7 @@ cdef extern from *:
         sg_chunk chunks[SG_QUEUE];
         size_t head, tail;
         int stop, failed;
-        void *ctx;
+        void *ctx, *saved;
         pthread_t thread;
     } sg_queue;
 
@@ -99,7 +100,7 @@ cdef extern from *:
                 break;
             sg_chunk c = q->chunks[q->head % SG_QUEUE];
             pthread_mutex_unlock(&q->mu);
-            int ok = sg_evp.update(q->ctx, c.p, c.n);
+            int ok = c.p ? sg_evp.update(q->ctx, c.p, c.n) : sg_evp.copy(q->saved, q->ctx);
             pthread_mutex_lock(&q->mu);
             if (!ok)
                 q->failed = 1;
@@ -171,6 +172,7 @@ cdef extern from *:
         size_t head, tail
         int failed
         void* ctx
+        void* saved
     int sg_start(sg_queue* q) noexcept nogil
     void sg_stop(sg_queue* q) noexcept nogil
     void sg_push(sg_queue* q, const char* p, size_t n) noexcept nogil
@@ -230,7 +232,8 @@ cdef class SealHash:
     chunk for the background thread and :meth:`update` hashes one here (after what is
     queued: chunks are hashed in the order given); :meth:`hexdigest` waits for the
     queue and gives the block's hash.  :meth:`save` and :meth:`restore` keep one
-    earlier state, for a write that fails.  A fed chunk must not change until hashed:
+    earlier state, for a write that fails; :meth:`mark` is a save that the thread
+    makes in its turn, so that a chunk can be queued before its write.  A fed chunk must not change until hashed:
     bytes cannot, and the queue holds a reference to each until then.
     """
 
@@ -249,6 +252,7 @@ cdef class SealHash:
         self.held = deque()
         self.q.ctx = _new_ctx()
         self.saved = _new_ctx()
+        self.q.saved = self.saved  # written by the thread at a mark, else by save()
         if key is not None:
             if len(key) > _BLOCK:
                 key = hashlib.sha256(key).digest()
@@ -319,6 +323,15 @@ cdef class SealHash:
         self._wait(SG_QUEUE - 1)
         self.held.append(data)
         sg_push(&self.q, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    def mark(self) -> None:
+        """:meth:`save` the state that the chunks queued so far leave, without waiting
+        for them: the thread keeps it when it gets there."""
+        if not self.running:
+            return self.save()
+        self._wait(SG_QUEUE - 1)
+        self.held.append(None)  # a place in the queue, for _wait to let go
+        sg_push(&self.q, NULL, 0)
 
     def update(self, bytes data) -> None:
         """Hash data here and now, after everything fed before it."""
