@@ -233,8 +233,9 @@ cdef class SealHash:
     queued: chunks are hashed in the order given); :meth:`hexdigest` waits for the
     queue and gives the block's hash.  :meth:`save` and :meth:`restore` keep one
     earlier state, for a write that fails; :meth:`mark` is a save that the thread
-    makes in its turn, so that a chunk can be queued before its write.  A fed chunk must not change until hashed:
-    bytes cannot, and the queue holds a reference to each until then.
+    makes in its turn, so that a chunk can be queued before its write.  A fed chunk
+    must not change until hashed: bytes cannot, and the queue holds a reference to
+    each until then.
     """
 
     cdef sg_queue q
