@@ -19,7 +19,9 @@ It reports, for each path (direct to the switch, HAProxy, the trio relay, stateg
   /proc) per message decided, which bounds what one core can carry whatever else
   shares the machine;
 * round-trip latency at fixed offered rates (`--rates`, default 1k, 10k, 100k queries
-  a second), `--latency-runs` runs each, interleaved: the median p50, p99, p99.9, and
+  a second; each query sent at its time, and one that the load generator, stalled
+  itself, would send more than `--late-ms` late skipped and counted rather than sent in
+  a burst), `--latency-runs` runs each, interleaved: the median p50, p99, p99.9, and
   the latency stategate adds, the median over runs of its percentile minus the direct
   path's in the same run, and likewise over the trio relay's (what its work adds to
   trio's own), and the share of CPU time the hypervisor stole in each path's worst
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -182,7 +185,7 @@ def role_load(args: argparse.Namespace) -> None:
         print(json.dumps(serial_run(args.port, pool, args.trips)), flush=True)
     elif args.rate:
         pool = [len32(q) for q, _ in build_pool(args.seed + 1, args.pool, True)]
-        print(json.dumps(latency_run(args.port, pool, args.rate, args.seconds)), flush=True)
+        print(json.dumps(latency_run(args.port, pool, args.rate, args.seconds, args.late_ms)), flush=True)
     else:
         pool = [len32(q) for q, _ in build_pool(args.seed, args.pool, False)]
         print(json.dumps(throughput_run(args.port, pool, args.connections, args.seconds)), flush=True)
@@ -241,13 +244,42 @@ def throughput_run(port: int, pool: list[bytes], connections: int, seconds: floa
             "queries_per_s": total_sent / (end - start)}  # fmt: skip
 
 
-def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict:
-    """Offer ``rate`` queries a second in 1 ms ticks on one connection; every query
+#: Milliseconds a query may be behind its time and still be sent (``--late-ms``).
+LATE_MS = 1.0
+
+
+def due_queries(elapsed: float, rate: int, next_slot: int, total: int, late: float) -> tuple[int, int]:
+    """The queries to send ``elapsed`` seconds into a run at ``rate`` a second, where
+    query ``i`` is due at ``i / rate`` and ``next_slot`` is the first not yet sent or
+    skipped: ``(first, end)``, send ``first`` to ``end - 1`` now and skip those from
+    ``next_slot`` to ``first - 1``, which fell due more than ``late`` seconds ago.
+
+    A load generator that stalls (its CPU taken by the hypervisor, by the path under
+    test or by the switch) and then sends everything it owes in one write offers a
+    burst, not a fixed rate: after a 15 ms stall at 10,000 a second, 150 queries in one
+    chunk, whose round trips all carry the burst, where a 4-second run's slowest 1% is
+    400 queries (bench/README.md, "2026-12-03, morning").  So what is more than
+    ``late`` behind is skipped and counted, as a constant-arrival-rate load tool drops
+    the iterations it could not start on time; ``late = inf`` sends it all, in the burst,
+    as this generator did before.  Round trips are timed from each query's actual send
+    either way.
+    """
+    end = min(total, int(elapsed * rate) + 1)
+    if late == math.inf:
+        return next_slot, end
+    return max(next_slot, min(end, math.ceil((elapsed - late) * rate))), end
+
+
+def latency_run(port: int, pool: list[bytes], rate: int, seconds: float, late_ms: float = LATE_MS) -> dict:
+    """Offer ``rate`` queries a second on one connection, each query sent at its time
+    (those more than ``late_ms`` behind it are skipped: ``due_queries``); every query
     has one response, in order, so each response's round trip is known."""
     s = _connect(port)
     sent_at: deque[float] = deque()
     rtts: list[float] = []
     total = int(rate * seconds)
+    late = late_ms / 1000
+    skipped = 0  # final before the last query is sent, so before its response comes
     done = threading.Event()
 
     def receiver() -> None:
@@ -255,7 +287,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
         s.settimeout(10)
         got = 0
         try:
-            while got < total:
+            while got + skipped < total:
                 data = s.recv(1 << 18)
                 if not data:
                     break
@@ -272,23 +304,24 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
     start = time.perf_counter()
     cpu0 = time.process_time()  # the sending's, not the start-up's
     tick = 0.001
-    owed = 0.0
-    k = sent = 0
-    while sent < total:
-        target = start + (sent / rate)
+    k = slot = sent = 0
+    while slot < total:
+        target = start + (slot / rate)
         now = time.perf_counter()
         if now < target:
             time.sleep(min(tick, target - now))
             continue
-        owed = min(total - sent, max(1, int((now - start) * rate) - sent))
+        first, end = due_queries(now - start, rate, slot, total, late)
+        skipped += first - slot
         batch = []
-        for _ in range(owed):
+        for _ in range(end - first):
             batch.append(pool[k % len(pool)])
             k += 1
         stamp = time.perf_counter()
-        sent_at.extend([stamp] * owed)
+        sent_at.extend([stamp] * (end - first))
         s.sendall(b"".join(batch))
-        sent += owed
+        sent += end - first
+        slot = end
     done.wait(30)
     t.join(1)
     cpu = time.process_time() - cpu0
@@ -299,7 +332,7 @@ def latency_run(port: int, pool: list[bytes], rate: int, seconds: float) -> dict
     def pct(p: float) -> float:
         return rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6 if rtts else float("nan")
 
-    return {"rate": rate, "sent": sent, "answered": len(rtts), "seconds": elapsed,
+    return {"rate": rate, "sent": sent, "skipped": skipped, "answered": len(rtts), "seconds": elapsed,
             "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
             "load_cpu_us_per_query": cpu / sent * 1e6 if sent else 0.0}  # fmt: skip
 
@@ -472,7 +505,7 @@ def stategate_throughput(args: argparse.Namespace, port: int, pid: int, workdir:
 
 def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
     cmd = [sys.executable, str(HERE), "--role", "load", "--port", str(port), "--seed", str(args.seed),
-           "--pool", str(args.pool)]  # fmt: skip
+           "--pool", str(args.pool), "--late-ms", str(getattr(args, "late_ms", LATE_MS))]  # fmt: skip
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     seconds = float(kw.get("seconds", args.seconds))
@@ -580,6 +613,10 @@ def orchestrate(args: argparse.Namespace) -> int:
                     added = [statistics.median(s[k] - d[k] for s, d in zip(lat["stategate"], lat[over]))
                              for k in keys]  # fmt: skip
                     print(f"  {rate:>8,}  {label:<36}" + "".join(f"{x:>9.0f}" for x in added))
+                skipped = ", ".join(f"{name} {100 * sum(r['skipped'] for r in rs) / sum(r['sent'] + r['skipped'] for r in rs):.2f}%"
+                                    for name, rs in lat.items())  # fmt: skip
+                print(f"  {rate:>8,}  queries skipped, the load generator itself over {args.late_ms:g} ms late "
+                      f"(--late-ms): {skipped}")  # fmt: skip
                 steal = ", ".join(f"{name} {100 * max(r['steal'] for r in rs):.1f}%" for name, rs in lat.items())
                 print(f"  {rate:>8,}  CPU time stolen by the hypervisor, worst run of each path: {steal}")
                 cpu = ", ".join(f"{name} {statistics.median(r['cpu_us_per_query'] for r in lat[name]):.1f} us"
@@ -664,6 +701,9 @@ def main() -> int:
     ap.add_argument("--serial", type=int, default=2000, help="serial round trips a run (0: none)")
     ap.add_argument("--pin", action="store_true",
                     help="the paths under test on the last CPU, the harness on the others")
+    ap.add_argument("--late-ms", type=float, default=LATE_MS,
+                    help="at fixed rates, skip a query more than this many ms behind its time instead "
+                         "of sending it in a burst (inf: send every query; default %(default)g)")  # fmt: skip
     ap.add_argument("--rss-minutes", type=float, default=0.0)
     ap.add_argument("--rss-rate", type=int, default=10000)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
