@@ -410,11 +410,12 @@ def start_trio_relay(switch_port: int) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None,
-                    admin_port: int = 0) -> tuple[subprocess.Popen, int]:  # fmt: skip
+def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None, admin_port: int = 0,
+                    program: list[str] | None = None, log: str = "") -> tuple[subprocess.Popen, int]:  # fmt: skip
     """``stategate run`` logging into workdir; from the source tree ``tree`` (its
     extensions built in place) instead of the installed package, if given; its admin
-    endpoint on ``admin_port`` (0: any)."""
+    endpoint on ``admin_port`` (0: any); ``program`` instead of ``python -m proxy``
+    (``bench/_unsealed.py``); ``log``, TOML lines added to its ``[log]`` table."""
     from proxy._demo import EXAMPLE_POLICY
 
     port = free_port()
@@ -422,11 +423,11 @@ def start_stategate(switch_port: int, workdir: Path, tree: Path | None = None,
     config = workdir / "e2e.toml"
     config.write_text(
         f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "127.0.0.1:{switch_port}"\n'
-        f'[log]\npath = "{workdir}/decisions.jsonl"\n'  # seals with fsync: the defaults
+        f'[log]\npath = "{workdir}/decisions.jsonl"\n{log}'  # seals with fsync: the defaults
         f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n[policy]' + policy
     )
     env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(config)],
+    proc = subprocess.Popen([*(program or [sys.executable, "-m", "proxy"]), "run", "-c", str(config)],
                             stderr=subprocess.DEVNULL, cwd=tree, env=env,
                             preexec_fn=_pinned(PATH_CPUS))  # fmt: skip
     wait_port(port, proc, "stategate")

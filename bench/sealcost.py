@@ -2,6 +2,7 @@
 (SHA-256 and HMAC, fsync at each seal) against the same logging without seals.
 
     python bench/sealcost.py [--messages N] [--runs R]
+    python bench/sealcost.py --proxy [--runs R] [--seconds T]
 
 Each configuration runs the compiled engine over the same pre-framed synthetic
 traffic in 64 KiB chunks (as the proxy receives it) and writes every batch to a real
@@ -13,6 +14,15 @@ deleted, so that no run pays for the writeback of the one before it (without tha
 at a million messages a run the unsealed run, which follows the unsynced one, was
 the slowest by half).  The bar (issue 3): sealed logging costs no more than 15% of
 the unsealed throughput.
+
+``--proxy`` measures the same through the running proxy, which is what the bar names:
+``stategate run`` with its default log (sealed with SHA-256, fsync after seals) against
+the same proxy with its log unsealed (``bench/_unsealed.py``: the same lines, no hash,
+no seals, no fsync), each driven in turn by bench/e2e.py's load generator and switch
+(four connections sending as fast as the proxy takes them, responses flowing back),
+rounds interleaved as above: messages decided and logged a second, from the log's
+``seq``.  On this two-core machine the seal's hash thread and fsync share the CPUs
+with the load generator and the switch, so their whole cost shows.
 """
 
 from __future__ import annotations
@@ -34,7 +44,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=300_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--proxy", action="store_true", help="through a running proxy (see above)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="--proxy: sending time of each run")
     args = ap.parse_args()
+    if args.proxy:
+        proxy_runs(args)
+        return
 
     from proxy._config import load_config
     from proxy._demo import EXAMPLE_POLICY
@@ -75,6 +90,70 @@ def main() -> None:
                 path.unlink()
                 os.sync()  # this run's writeback done before the next run's clock starts
     print(machine())
+    _report(results)
+
+
+def proxy_runs(args: argparse.Namespace) -> None:
+    """--proxy: the proxy's own throughput, sealed against unsealed."""
+    import subprocess
+
+    import e2e
+
+    load_args = argparse.Namespace(seed=7, pool=20_000, connections=4, seconds=args.seconds)
+    unsealed = [sys.executable, str(Path(__file__).resolve().parent / "_unsealed.py")]
+    programs = {"unsealed": (unsealed, ""), "sealed sha256, fsync": (None, ""),
+                "sealed sha256, no fsync": (None, "fsync = false\n")}  # fmt: skip
+    results: dict[str, list[float]] = {name: [] for name in programs}
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", "7",
+                                   "--pool", str(load_args.pool)], stdout=subprocess.PIPE)  # fmt: skip
+        procs = [switch]
+        try:
+            switch_port = int(switch.stdout.readline())
+            proxies = {}
+            for i, (name, (program, log)) in enumerate(programs.items()):
+                workdir = Path(tmp) / str(i)
+                workdir.mkdir()
+                proc, port = e2e.start_stategate(switch_port, workdir, program=program, log=log)
+                procs.append(proc)
+                proxies[name] = (proc, port, workdir)
+            for run in range(args.runs):
+                for name, (proc, port, workdir) in list(proxies.items())[:: -1 if run % 2 else 1]:
+                    r = e2e.stategate_throughput(load_args, port, proc.pid, workdir)
+                    results[name].append(r["decided"] / r["seconds"])
+                    _drop_rotated(workdir)
+                    os.sync()  # this run's writeback done before the next run starts
+            seals = {name: _seal_records(workdir) for name, (_, _, workdir) in proxies.items()}
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=15)
+    print(machine())
+    print(f"through the proxy (stategate run), {load_args.connections} connections, "
+          f"{args.seconds:g} s of sending a run, {args.runs} rounds:")
+    _report(results)
+    # what each proxy's log holds now (the older rotated files were deleted)
+    print("seal records in each log: " + ", ".join(f"{name} {n:,}" for name, n in seals.items()))
+    if seals["unsealed"] or not all(n for name, n in seals.items() if name != "unsealed"):
+        raise SystemExit("sealcost: the unsealed log has seals, or a sealed one has none")
+
+
+def _seal_records(workdir: Path) -> int:
+    return sum(line.startswith(b'{"seal"') for path in workdir.glob("decisions.jsonl*")
+               for line in path.open("rb"))  # fmt: skip
+
+
+def _drop_rotated(workdir: Path) -> None:
+    """Delete all but the newest rotated file of the log in workdir, so a long run does
+    not fill the disk (the newest stays: it holds the last ``seq`` when the base file
+    has just been rotated)."""
+    rotated = sorted(workdir.glob("decisions.jsonl.*"), key=lambda p: int(p.suffix[1:]))
+    for path in rotated[:-1]:
+        path.unlink()
+
+
+def _report(results: dict[str, list[float]]) -> None:
     # Each run's configurations ran back to back, so the ratio within a run cancels most
     # of the machine's drift; the median of those ratios is the figure.
     base = results["unsealed"]

@@ -127,6 +127,8 @@ def test_soak_smoke():
 @pytest.mark.parametrize("script, args, shown", [
     ("logtools.py", ["--lines", "20000", "--runs", "1"], "verify"),
     ("sealcost.py", ["--messages", "5000", "--runs", "1"], "sealed sha256, fsync"),
+    # through running proxies; it checks itself that only the unsealed log has no seals
+    ("sealcost.py", ["--proxy", "--runs", "1", "--seconds", "0.5"], "seal records in each log: unsealed 0, sealed"),
     ("fsyncstall.py", ["--writes", "50", "--runs", "1"], "reserved, drop-behind"),
     ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
     ("feedloop.py", ["--passes", "3", "--log", "--chunk", "65536"], "Engine.feed and the log: 3,000 messages"),
