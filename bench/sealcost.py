@@ -16,13 +16,13 @@ the slowest by half).  The bar (issue 3): sealed logging costs no more than 15% 
 the unsealed throughput.
 
 ``--proxy`` measures the same through the running proxy, which is what the bar names:
-``stategate run`` with its default log (sealed with SHA-256, fsync after seals) against
-the same proxy with its log unsealed (``bench/_unsealed.py``: the same lines, no hash,
-no seals, no fsync), each driven in turn by bench/e2e.py's load generator and switch
-(four connections sending as fast as the proxy takes them, responses flowing back),
-rounds interleaved as above: messages decided and logged a second, from the log's
-``seq``.  On this two-core machine the seal's hash thread and fsync share the CPUs
-with the load generator and the switch, so their whole cost shows.
+``stategate run`` with its default log (sealed with SHA-256, fsync after seals) and with
+``fsync = false``, against the same proxy with its log unsealed (``bench/_unsealed.py``:
+the same lines, no hash, no seals, no fsync), each driven in turn by bench/e2e.py's load
+generator and switch (four connections sending as fast as the proxy takes them,
+responses flowing back), rounds interleaved as above: messages decided and logged a
+second, from the log's ``seq``.  On this two-core machine the seal's hash thread and
+fsync share the CPUs with the load generator and the switch, so their whole cost shows.
 """
 
 from __future__ import annotations
