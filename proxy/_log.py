@@ -151,7 +151,8 @@ def drop_behind(fd: int, start: int, size: int, keep: int = KEEP_CACHED) -> int:
 
 
 class _Syncer:
-    """fsync off the caller's thread, then drop-behind.
+    """fsync off the caller's thread, then drop-behind; with ``fsync`` off, drop-behind
+    alone.
 
     A seal asks for its file to be synced and returns at once: the proxy's event loop
     never waits on the disk.  The request holds a duplicate of the file descriptor, so
@@ -165,6 +166,14 @@ class _Syncer:
     pages are what the next appends reuse: on a virtual machine whose fresh memory
     faults in from the host, appends took a third of the time with drop-behind
     (``bench/fsyncstall.py``, bench/README.md).
+
+    With ``fsync`` off (``fsync = false``) nothing is synced, and the pages are let go
+    all the same, one request later: ``POSIX_FADV_DONTNEED`` starts the writeback of
+    the dirty pages it is given and drops the clean ones, so each range is advised
+    twice, once to start its writeback and at the next request, written by then, to
+    drop it.  Without that a log never synced takes fresh pages for every append, and
+    the proxy ran a third slower with fsync off than with it on (bench/README.md,
+    "Seal cost").
     """
 
     #: Fewest seconds between the starts of two fsyncs.  Seals arrive every few ms
@@ -173,11 +182,13 @@ class _Syncer:
     MIN_INTERVAL = 0.05
     KEEP_CACHED = KEEP_CACHED  # the module's, as a class attribute a test can lower
 
-    def __init__(self, on_error: Callable[[OSError], None]) -> None:
+    def __init__(self, on_error: Callable[[OSError], None], fsync: bool = True) -> None:
         self._on_error = on_error
+        self.fsync = fsync
         #: open-file generation -> [duplicate fd, file size at the latest request]
         self._pending: dict[int, list[int]] = {}
-        self._dropped = (0, 0)  # (generation, offset the cache is dropped up to)
+        #: (generation, offset the cache is dropped up to, end of the last advice)
+        self._dropped = (0, 0, 0)
         self._last = -self.MIN_INTERVAL
         self._cond = threading.Condition()
         self._busy = False
@@ -214,7 +225,8 @@ class _Syncer:
             self._last = time.monotonic()
             for generation, (fd, size) in batch.items():
                 try:
-                    os.fsync(fd)
+                    if self.fsync:
+                        os.fsync(fd)
                     self._drop_behind(generation, fd, size)
                 except OSError as exc:
                     self._on_error(exc)
@@ -222,11 +234,17 @@ class _Syncer:
                     os.close(fd)
 
     def _drop_behind(self, generation: int, fd: int, size: int) -> None:
-        """Drop the synced file's cached pages up to KEEP_CACHED before ``size``,
-        from where the last drop in the same file ended."""
-        done_gen, start = self._dropped
-        start = start if done_gen == generation else 0
-        self._dropped = (generation, drop_behind(fd, start, size, self.KEEP_CACHED))
+        """Drop the file's cached pages up to KEEP_CACHED before ``size``, from where
+        the last drop in the same file ended (unsynced: where the last but one did)."""
+        done_gen, start, advised = self._dropped
+        if done_gen != generation:
+            start = advised = 0
+        end = drop_behind(fd, start, size, self.KEEP_CACHED)
+        if end == start:
+            return  # nothing advised
+        # Synced, [start, end) was clean and is let go.  Unsynced, this advice let go of
+        # what the last one set writing, up to `advised`, and set the rest writing.
+        self._dropped = (generation, end if self.fsync else advised, end)
 
     def drain(self) -> None:
         """Wait until every fsync requested is done."""
@@ -326,7 +344,7 @@ class DecisionLog:
         self._fd = -1
         self._reserved = False  # space is reserved past the file's end
         self._generation = 0  # counts opens, so a sync request names its file
-        self._syncer = _Syncer(self._sync_failed) if fsync else None
+        self._syncer = _Syncer(self._sync_failed, fsync)
         # an unsealed log (the benchmark's baseline) starts no hash thread
         self._hash = seal_hash(key) if sealed else _InlineSealHash(key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -547,7 +565,7 @@ class DecisionLog:
             self._sync()
 
     def _sync(self) -> None:
-        """fsync after a seal, in the background (see _Syncer)."""
+        """fsync (if on) and drop-behind after a seal, in the background (see _Syncer)."""
         if self._syncer is not None:
             try:
                 self._syncer.request(self._generation, self._fd, self._size)

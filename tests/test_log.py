@@ -374,6 +374,48 @@ def test_synced_pages_are_dropped_from_the_cache_behind_the_writer(tmp_path, mon
     assert verify(log_files(path)).ok
 
 
+def test_with_fsync_off_pages_are_dropped_a_request_after_their_writeback_starts(tmp_path, monkeypatch):
+    """fsync = false: nothing is synced, and the written pages are let go all the same.
+    POSIX_FADV_DONTNEED starts the writeback of dirty pages and drops clean ones, so
+    each range is advised twice, in order: once to start its writeback and at the next
+    request again, to drop it; never the last KEEP_CACHED bytes."""
+    import proxy._log as logmod
+
+    advice: list[tuple[int, int, int, int]] = []  # (file, offset, end, file size then)
+    real_fadvise = os.posix_fadvise
+
+    def fsync(fd: int) -> None:
+        raise AssertionError("fsync with fsync = false")
+
+    def fadvise(fd: int, offset: int, length: int, how: int) -> None:
+        assert how == os.POSIX_FADV_DONTNEED
+        st = os.fstat(fd)
+        advice.append((st.st_ino, offset, offset + length, st.st_size))
+        real_fadvise(fd, offset, length, how)
+
+    monkeypatch.setattr(logmod.os, "fsync", fsync)
+    monkeypatch.setattr(logmod.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(logmod._Syncer, "KEEP_CACHED", 20_000)
+    monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=False)
+    write_many(log, 0, [10] * 100)
+    log.close()
+    assert log.rotations >= 2 and log.errors == 0
+    by_file: dict[int, list[tuple[int, int]]] = {}
+    for file, offset, end, size in advice:
+        assert offset < end <= size - 20_000  # the end kept cached
+        by_file.setdefault(file, []).append((offset, end))
+    for f in log_files(path)[:-1]:  # each rotated file
+        calls = by_file[f.stat().st_ino]
+        assert len(calls) >= 3
+        for k, (offset, end) in enumerate(calls):
+            # from where the last but one advice ended: each range advised twice
+            assert offset == (calls[k - 2][1] if k >= 2 else 0)
+            assert end > (calls[k - 1][1] if k else 0)  # and then on, in order
+    assert verify(log_files(path)).ok
+
+
 def test_a_failed_fsync_is_counted_and_reported(tmp_path):
     link = tmp_path / "null.jsonl"
     link.symlink_to("/dev/null")  # writes succeed, fsync fails (EINVAL)
