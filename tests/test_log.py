@@ -329,12 +329,28 @@ def test_fsync_runs_off_the_writers_thread_for_each_seal_and_close_waits(tmp_pat
     assert verify(log_files(path)).ok
 
 
+def _rotate_with_syncs_seen(tmp_path, monkeypatch, fsync: bool, on_fsync, on_fadvise) -> Path:
+    """A log written through two rotations and more with a seal every 10 lines, the
+    fsync thread's os.fsync and os.posix_fadvise replaced by the given functions, its
+    kept end lowered to 20,000 bytes and its requests never held back; its path."""
+    import proxy._log as logmod
+
+    monkeypatch.setattr(logmod.os, "fsync", on_fsync)
+    monkeypatch.setattr(logmod.os, "posix_fadvise", on_fadvise)
+    monkeypatch.setattr(logmod._Syncer, "KEEP_CACHED", 20_000)
+    monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=fsync)
+    write_many(log, 0, [10] * 100)
+    log.close()
+    assert log.rotations >= 2 and log.errors == 0
+    return path
+
+
 def test_synced_pages_are_dropped_from_the_cache_behind_the_writer(tmp_path, monkeypatch):
     """After each fsync the file's cached pages are let go, but its last KEEP_CACHED
     bytes: only bytes already synced, each range once, in order, in every file
     (rotated ones through the descriptor that outlived the rotation)."""
-    import proxy._log as logmod
-
     events: list[tuple] = []
     real_fsync, real_fadvise = os.fsync, os.posix_fadvise
 
@@ -349,15 +365,7 @@ def test_synced_pages_are_dropped_from_the_cache_behind_the_writer(tmp_path, mon
         events.append(("drop", name(fd), offset, length, advice))
         real_fadvise(fd, offset, length, advice)
 
-    monkeypatch.setattr(logmod.os, "fsync", fsync)
-    monkeypatch.setattr(logmod.os, "posix_fadvise", fadvise)
-    monkeypatch.setattr(logmod._Syncer, "KEEP_CACHED", 20_000)
-    monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
-    path = tmp_path / "d.jsonl"
-    log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=True)
-    write_many(log, 0, [10] * 100)
-    log.close()
-    assert log.rotations >= 2 and log.errors == 0
+    path = _rotate_with_syncs_seen(tmp_path, monkeypatch, True, fsync, fadvise)
     synced: dict[int, int] = {}
     dropped: dict[int, int] = {}
     for ev in events:
@@ -379,13 +387,9 @@ def test_with_fsync_off_pages_are_dropped_a_request_after_their_writeback_starts
     POSIX_FADV_DONTNEED starts the writeback of dirty pages and drops clean ones, so
     each range is advised twice, in order: once to start its writeback and at the next
     request again, to drop it; never the last KEEP_CACHED bytes."""
-    import proxy._log as logmod
-
     advice: list[tuple[int, int, int, int]] = []  # (file, offset, end, file size then)
+    synced: list[int] = []
     real_fadvise = os.posix_fadvise
-
-    def fsync(fd: int) -> None:
-        raise AssertionError("fsync with fsync = false")
 
     def fadvise(fd: int, offset: int, length: int, how: int) -> None:
         assert how == os.POSIX_FADV_DONTNEED
@@ -393,15 +397,8 @@ def test_with_fsync_off_pages_are_dropped_a_request_after_their_writeback_starts
         advice.append((st.st_ino, offset, offset + length, st.st_size))
         real_fadvise(fd, offset, length, how)
 
-    monkeypatch.setattr(logmod.os, "fsync", fsync)
-    monkeypatch.setattr(logmod.os, "posix_fadvise", fadvise)
-    monkeypatch.setattr(logmod._Syncer, "KEEP_CACHED", 20_000)
-    monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
-    path = tmp_path / "d.jsonl"
-    log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=False)
-    write_many(log, 0, [10] * 100)
-    log.close()
-    assert log.rotations >= 2 and log.errors == 0
+    path = _rotate_with_syncs_seen(tmp_path, monkeypatch, False, synced.append, fadvise)
+    assert not synced
     by_file: dict[int, list[tuple[int, int]]] = {}
     for file, offset, end, size in advice:
         assert offset < end <= size - 20_000  # the end kept cached
