@@ -137,9 +137,9 @@ KEEP_CACHED = 8 << 20
 
 
 def drop_behind(fd: int, start: int, size: int, keep: int = KEEP_CACHED) -> int:
-    """Let the page cache go of a synced file's bytes from ``start`` up to ``keep``
-    bytes before ``size`` (``POSIX_FADV_DONTNEED`` drops clean pages only); returns
-    where the next drop starts."""
+    """Let the page cache go of a file's bytes from ``start`` up to ``keep`` bytes
+    before ``size`` (``POSIX_FADV_DONTNEED`` drops clean pages only, and starts the
+    writeback of dirty ones); returns where the advice ended."""
     end = size - keep
     if end <= start:
         return start
@@ -344,8 +344,9 @@ class DecisionLog:
         self._fd = -1
         self._reserved = False  # space is reserved past the file's end
         self._generation = 0  # counts opens, so a sync request names its file
-        self._syncer = _Syncer(self._sync_failed, fsync)
-        # an unsealed log (the benchmark's baseline) starts no hash thread
+        # an unsealed log (the benchmark's baseline) never seals, so it starts neither
+        # the fsync thread nor the hash thread
+        self._syncer = _Syncer(self._sync_failed, fsync) if sealed else None
         self._hash = seal_hash(key) if sealed else _InlineSealHash(key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
