@@ -332,7 +332,9 @@ def test_fsync_runs_off_the_writers_thread_for_each_seal_and_close_waits(tmp_pat
 def _rotate_with_syncs_seen(tmp_path, monkeypatch, fsync: bool, on_fsync, on_fadvise) -> Path:
     """A log written through two rotations and more with a seal every 10 lines, the
     fsync thread's os.fsync and os.posix_fadvise replaced by the given functions, its
-    kept end lowered to 20,000 bytes and its requests never held back; its path."""
+    kept end lowered to 20,000 bytes and its requests never held back; its path.
+    The thread finishes each seal's request before the next batch, so none coalesce
+    and every seal gets its own fsync and advice, whatever the machine's timing."""
     import proxy._log as logmod
 
     monkeypatch.setattr(logmod.os, "fsync", on_fsync)
@@ -341,7 +343,9 @@ def _rotate_with_syncs_seen(tmp_path, monkeypatch, fsync: bool, on_fsync, on_fad
     monkeypatch.setattr(logmod._Syncer, "MIN_INTERVAL", 0.0)
     path = tmp_path / "d.jsonl"
     log = DecisionLog(path, seal_every=10, rotate_bytes=150_000, fsync=fsync)
-    write_many(log, 0, [10] * 100)
+    for batch in range(100):
+        write_many(log, 10 * batch, [10])
+        log._syncer.drain()
     log.close()
     assert log.rotations >= 2 and log.errors == 0
     return path
