@@ -2,6 +2,7 @@
 
     python bench/year.py --scale 1.0      # 290,000,000 messages, really all of them
     python bench/year.py --scale 0.01     # a quick run
+    python bench/year.py --scale 1.0 --workers 2   # the year split over two processes
 
 Messages come from a pool of distinct synthetic messages (at least a million at scale
 1.0: `--pool`), generated once from a seed with the seeds' share of ICE and HSI
@@ -15,20 +16,30 @@ pass over the pool with each decision's log line formatted too (Engine.feed, wha
 proxy runs) gives that rate; writing and sealing the log is measured by
 bench/sealcost.py and bench/e2e.py.  The twin's rate is the same path in plain Python:
 proxy._framing, proxy._decode and proxy._policy.decide.
+
+Beside the wall time the run reports the CPU time its deciding took and the share of
+the machine's CPU time the hypervisor gave to other guests meanwhile (steal), so that
+a slow run on a shared machine can be told from slow code.  ``--workers N`` splits the
+year over N processes (forked after the pool is built, each with its own engine and
+matcher, each deciding its share from the pool's start), as a state re-deciding a
+year of traffic would use every core it has; the one-core rate is the default run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import cpu_jiffies, machine, steal_share  # noqa: E402
 
 YEAR = 290_000_000
 CHUNK = 65536
+PROGRESS_EVERY = 64  # chunks a worker decides between reports to the progress bar
 
 
 def main() -> int:
@@ -38,8 +49,11 @@ def main() -> int:
                     help="distinct messages in the pool (capped at the count)")  # fmt: skip
     ap.add_argument("--sample", type=int, default=20_000, help="messages for the plain-Python twin")
     ap.add_argument("--seed", type=int, default=2025)
+    ap.add_argument("--workers", type=int, default=1, help="processes sharing the year (default 1: one core)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
 
     from tqdm import tqdm
 
@@ -91,35 +105,106 @@ def main() -> int:
     fed = sum(engine.feed(c, matcher, utc_timestamp()).count for c in chunks)
     feed_rate = fed / (time.perf_counter() - t)
 
-    seq = Sequencer()
-    engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", seq)
-    done = 0  # whole chunks are fed, so the count ends at or just past the total
+    def decide_share(share: int, report: Any) -> tuple[int, float, dict]:
+        """Decide at least ``share`` messages from the pool's start (whole chunks, so
+        the count ends at or just past it) with a fresh engine, calling ``report(n)``
+        now and then with the count since the last call.  Returns the count, the CPU
+        time the deciding took and the counts by rule."""
+        seq = Sequencer()
+        engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", seq)
+        done = unreported = 0
+        cpu = time.process_time()
+        while done < share:
+            for k, c in enumerate(chunks):
+                n = engine.decide(c, matcher)
+                done += n
+                unreported += n
+                if k % PROGRESS_EVERY == 0 or done >= share:
+                    report(unreported)
+                    unreported = 0
+                if done >= share:
+                    break
+        return done, time.process_time() - cpu, seq.counts
+
     bar = tqdm(total=total, unit="msg", unit_scale=True, disable=args.no_progress, smoothing=0.1)
-    t = time.perf_counter()
-    while done < total:
-        for c in chunks:
-            n = engine.decide(c, matcher)
-            done += n
-            bar.update(n)
-            if done >= total:
-                break
-    wall = time.perf_counter() - t
+    shares = [total // args.workers + (1 if k < total % args.workers else 0) for k in range(args.workers)]
+    before = cpu_jiffies()
+    if args.workers == 1:
+        t = time.perf_counter()
+        done, cpu, by_rule = decide_share(total, bar.update)
+        wall = time.perf_counter() - t
+        cpus = [cpu]
+    else:
+        wall, results = in_processes(decide_share, shares, bar)
+        done = sum(r[0] for r in results)
+        cpus = [r[1] for r in results]
+        by_rule = {}
+        for r in results:
+            for key, n in r[2].items():
+                by_rule[key] = by_rule.get(key, 0) + n
+    steal = steal_share(before, cpu_jiffies())
     bar.close()
     rate = done / wall
     counts: dict[str, int] = {}
-    for (_, action, _), n in seq.counts.items():
+    for (_, action, _), n in by_rule.items():
         counts[action] = counts.get(action, 0) + n
-    dhs = sum(n for (_, action, rule), n in seq.counts.items() if rule == "no-dmv-for-immigration")
+    dhs = sum(n for (_, action, rule), n in by_rule.items() if rule == "no-dmv-for-immigration")
     print(f"pool: {pool_size:,} messages, {distinct:,} distinct")
-    print(f"decided: {done:,} messages in {wall:.1f} s = {rate:,.0f} decisions/s (compiled, one core)")
+    where = "one core" if args.workers == 1 else f"{args.workers} processes"
+    print(f"decided: {done:,} messages in {wall:.1f} s = {rate:,.0f} decisions/s (compiled, {where})")
+    print(f"  CPU time deciding: {' + '.join(f'{c:.2f}' for c in cpus)} s "
+          f"({done / sum(cpus):,.0f} decisions a CPU second); "
+          f"the hypervisor stole {100 * steal:.1f}% of the machine's CPU time meanwhile")  # fmt: skip
     print(f"  by action: {', '.join(f'{a} {n:,}' for a, n in sorted(counts.items()))}; "
           f"denied DMV to DHS immigration: {dhs:,}")  # fmt: skip
     print(f"plain-Python twin on {ref_n:,} messages: {twin_rate:,.0f} decisions/s; "
-          f"compiled is {rate / twin_rate:.1f}x")  # fmt: skip
+          f"compiled is {rate / args.workers / twin_rate:.1f}x" + (" a process" if args.workers > 1 else ""))  # fmt: skip
     print(f"with each decision's log line formatted (one pass, {fed:,} messages): {feed_rate:,.0f}/s")
     if args.scale != 1.0:
         print(f"(scale {args.scale}: {done:,} of the year's {YEAR:,})")
     return 0
+
+
+def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float, list[tuple[int, float, dict]]]:
+    """Run decide_share once per share, each in a process forked from this one (the
+    pool and the matcher are shared, copy on write), started together once all are
+    ready; returns the wall time from their start to the last one's end, and their
+    results in order."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.SimpleQueue()
+    progress = ctx.SimpleQueue()
+    results = ctx.SimpleQueue()
+    start = ctx.Event()
+
+    def work(k: int) -> None:
+        ready.put(k)
+        start.wait()
+        results.put((k, decide_share(shares[k], progress.put)))
+
+    workers = [ctx.Process(target=work, args=(k,), daemon=True) for k in range(len(shares))]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.get()
+    t = time.perf_counter()
+    start.set()
+    out: dict[int, tuple[int, float, dict]] = {}
+    while len(out) < len(shares):
+        while not progress.empty():
+            bar.update(progress.get())
+        if not results.empty():
+            k, r = results.get()
+            out[k] = r
+        elif any(w.exitcode not in (None, 0) for w in workers):
+            raise SystemExit("a worker failed: " + ", ".join(f"exit status {w.exitcode}" for w in workers))
+        else:
+            time.sleep(0.02)
+    wall = time.perf_counter() - t
+    for w in workers:
+        w.join()
+    while not progress.empty():
+        bar.update(progress.get())
+    return wall, [out[k] for k in range(len(shares))]
 
 
 if __name__ == "__main__":

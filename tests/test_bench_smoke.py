@@ -39,6 +39,19 @@ def test_year_smoke():
     assert "decisions/s (compiled, one core)" in out and "plain-Python twin on 2,000 messages" in out
     decided = int(out.split("decided: ")[1].split()[0].replace(",", ""))
     assert decided >= 58_000  # 0.0002 of 290 million, all of it
+    assert "CPU time deciding: " in out and "the hypervisor stole " in out
+
+
+def test_year_smoke_split_over_processes():
+    """--workers 2: each process decides its half, and every decision is counted once."""
+    out = bench(str(BENCH / "year.py"), "--scale", "0.0002", "--pool", "20000", "--sample", "200",
+                "--no-progress", "--workers", "2")  # fmt: skip
+    assert "decisions/s (compiled, 2 processes)" in out
+    decided = int(out.split("decided: ")[1].split()[0].replace(",", ""))
+    assert 58_000 <= decided < 58_000 + 2 * 1000  # each half whole chunks, at most one over
+    by_action = out.split("by action: ")[1].split(";")[0]
+    assert sum(int(part.split()[1].replace(",", "")) for part in by_action.split(", ")) == decided
+    assert len(out.split("CPU time deciding: ")[1].split(" s ")[0].split(" + ")) == 2
 
 
 def test_e2e_smoke():
