@@ -157,8 +157,9 @@ def main() -> int:
           f"the hypervisor stole {100 * steal:.1f}% of the machine's CPU time meanwhile")  # fmt: skip
     print(f"  by action: {', '.join(f'{a} {n:,}' for a, n in sorted(counts.items()))}; "
           f"denied DMV to DHS immigration: {dhs:,}")  # fmt: skip
+    per = " a process" if args.workers > 1 else ""
     print(f"plain-Python twin on {ref_n:,} messages: {twin_rate:,.0f} decisions/s; "
-          f"compiled is {rate / args.workers / twin_rate:.1f}x" + (" a process" if args.workers > 1 else ""))  # fmt: skip
+          f"compiled is {rate / args.workers / twin_rate:.1f}x{per}")  # fmt: skip
     print(f"with each decision's log line formatted (one pass, {fed:,} messages): {feed_rate:,.0f}/s")
     if args.scale != 1.0:
         print(f"(scale {args.scale}: {done:,} of the year's {YEAR:,})")
