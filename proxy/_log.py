@@ -574,8 +574,10 @@ class DecisionLog:
                 self._sync_failed(exc)
 
     def _sync_failed(self, exc: OSError) -> None:
+        """A seal's fsync failed, or with fsync off the request for its drop-behind
+        (the descriptor could not be copied): counted, and reported as what it was."""
         self.errors += 1
-        self.warn(f"fsync {self.path}: {exc.strerror}")
+        self.warn(f"{'fsync' if self.fsync else 'drop-behind'} {self.path}: {exc.strerror}")
 
     def seal(self) -> bool:
         """Write a seal now if any line is unsealed.  False if the write failed."""

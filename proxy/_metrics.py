@@ -88,7 +88,8 @@ class ProxyCollector(Collector):
         log = p.log
         yield CounterMetricFamily("stategate_log_lines", "Decision lines written", value=log.lines)
         yield CounterMetricFamily("stategate_log_seals", "Seals written", value=log.seals)
-        yield CounterMetricFamily("stategate_log_errors", "Failed log writes (messages not forwarded)",
+        yield CounterMetricFamily("stategate_log_errors",
+                                  "Failed log writes (their messages not forwarded), fsyncs and drop-behind requests",
                                   value=log.errors)  # fmt: skip
         yield CounterMetricFamily("stategate_log_rotations", "Log rotations", value=log.rotations)
         yield GaugeMetricFamily("stategate_log_writable", "1 while the decision log accepts writes",

@@ -3,6 +3,7 @@ timing, rotation, restarts, write failures, and verify against every kind of tam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -425,6 +426,24 @@ def test_a_failed_fsync_is_counted_and_reported(tmp_path):
     log.write([rec(1), rec(2)])
     log.close()
     assert log.errors >= 1 and any(w.startswith(f"fsync {link}") for w in warnings)
+
+
+def test_with_fsync_off_a_failed_request_is_reported_as_drop_behind(tmp_path, monkeypatch):
+    """With fsync off a seal asks only for drop-behind; when that request fails (no
+    descriptor left to copy), the warning does not speak of an fsync."""
+    warnings: list[str] = []
+    log = DecisionLog(tmp_path / "d.jsonl", seal_every=2, fsync=False, warn=warnings.append)
+
+    def no_descriptor(fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "dup", no_descriptor)
+    log.write([rec(1), rec(2)])
+    log.close()  # the seal: its drop-behind request fails
+    monkeypatch.undo()
+    assert log.errors == 1
+    assert warnings == [f"drop-behind {tmp_path / 'd.jsonl'}: {os.strerror(errno.EMFILE)}"]
+    assert verify(log_files(tmp_path / "d.jsonl")).ok  # the seal itself was written
 
 
 # ------------------------------------------------------------ the seal hash
