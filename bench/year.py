@@ -17,9 +17,11 @@ proxy runs) gives that rate; writing and sealing the log is measured by
 bench/sealcost.py and bench/e2e.py.  The twin's rate is the same path in plain Python:
 proxy._framing, proxy._decode and proxy._policy.decide.
 
-Beside the wall time the run reports the CPU time its deciding took and the share of
-the machine's CPU time the hypervisor gave to other guests meanwhile (steal), so that
-a slow run on a shared machine can be told from slow code.  ``--workers N`` splits the
+Beside the wall time the run reports the CPU time its deciding took, the share of the
+machine's CPU time the hypervisor gave to other guests meanwhile (steal), and the rate
+in each second of the run (its median, fastest and slowest second), so that a slow run
+on a shared machine can be told from slow code: one process's rate moves by a third
+from one second to the next while its code and memory stay the same.  ``--workers N`` splits the
 year over N processes (forked after the pool is built, each with its own engine and
 matcher, each deciding its share from the pool's start), as a state re-deciding a
 year of traffic would use every core it has; the one-core rate is the default run's.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ from _common import cpu_jiffies, machine, steal_share  # noqa: E402
 YEAR = 290_000_000
 CHUNK = 65536
 PROGRESS_EVERY = 64  # chunks a worker decides between reports to the progress bar
+SLICE = 1.0  # seconds: the rate is also reported per slice of the run this long
 
 
 def main() -> int:
@@ -105,14 +109,16 @@ def main() -> int:
     fed = sum(engine.feed(c, matcher, utc_timestamp()).count for c in chunks)
     feed_rate = fed / (time.perf_counter() - t)
 
-    def decide_share(share: int, report: Any) -> tuple[int, float, dict]:
+    def decide_share(share: int, report: Any) -> tuple[int, float, dict, list[tuple[float, int]]]:
         """Decide at least ``share`` messages from the pool's start (whole chunks, so
         the count ends at or just past it) with a fresh engine, calling ``report(n)``
         now and then with the count since the last call.  Returns the count, the CPU
-        time the deciding took and the counts by rule."""
+        time the deciding took, the counts by rule, and (time, count so far) at each
+        report."""
         seq = Sequencer()
         engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", seq)
         done = unreported = 0
+        marks = [(time.perf_counter(), 0)]
         cpu = time.process_time()
         while done < share:
             for k, c in enumerate(chunks):
@@ -122,22 +128,25 @@ def main() -> int:
                 if k % PROGRESS_EVERY == 0 or done >= share:
                     report(unreported)
                     unreported = 0
+                    marks.append((time.perf_counter(), done))
                 if done >= share:
                     break
-        return done, time.process_time() - cpu, seq.counts
+        return done, time.process_time() - cpu, seq.counts, marks
 
     bar = tqdm(total=total, unit="msg", unit_scale=True, disable=args.no_progress, smoothing=0.1)
     shares = [total // args.workers + (1 if k < total % args.workers else 0) for k in range(args.workers)]
     before = cpu_jiffies()
     if args.workers == 1:
         t = time.perf_counter()
-        done, cpu, by_rule = decide_share(total, bar.update)
+        done, cpu, by_rule, marks = decide_share(total, bar.update)
         wall = time.perf_counter() - t
         cpus = [cpu]
+        slices = [slice_rates(marks, SLICE)]
     else:
         wall, results = in_processes(decide_share, shares, bar)
         done = sum(r[0] for r in results)
         cpus = [r[1] for r in results]
+        slices = [slice_rates(r[3], SLICE) for r in results]
         by_rule = {}
         for r in results:
             for key, n in r[2].items():
@@ -155,6 +164,11 @@ def main() -> int:
     print(f"  CPU time deciding: {' + '.join(f'{c:.2f}' for c in cpus)} s "
           f"({done / sum(cpus):,.0f} decisions a CPU second); "
           f"the hypervisor stole {100 * steal:.1f}% of the machine's CPU time meanwhile")  # fmt: skip
+    for k, rates in enumerate(slices):
+        if rates:
+            who = "" if len(slices) == 1 else f"process {k + 1}, "
+            print(f"  {who}decisions a second in each {SLICE:g} s of the run: median "
+                  f"{statistics.median(rates):,.0f}, fastest {max(rates):,.0f}, slowest {min(rates):,.0f}")  # fmt: skip
     print(f"  by action: {', '.join(f'{a} {n:,}' for a, n in sorted(counts.items()))}; "
           f"denied DMV to DHS immigration: {dhs:,}")  # fmt: skip
     per = " a process" if args.workers > 1 else ""
@@ -166,7 +180,20 @@ def main() -> int:
     return 0
 
 
-def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float, list[tuple[int, float, dict]]]:
+def slice_rates(marks: list[tuple[float, int]], length: float) -> list[float]:
+    """The rate in each successive slice of at least ``length`` seconds, from
+    (time, count so far) marks in time order: a slice runs from one mark to the first
+    mark ``length`` or more after it, and the run's last part, shorter, is left out."""
+    rates = []
+    t0, n0 = marks[0]
+    for t, n in marks[1:]:
+        if t - t0 >= length:
+            rates.append((n - n0) / (t - t0))
+            t0, n0 = t, n
+    return rates
+
+
+def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float, list[tuple]]:
     """Run decide_share once per share, each in a process forked from this one (the
     pool and the matcher are shared, copy on write), started together once all are
     ready; returns the wall time from their start to the last one's end, and their
@@ -189,7 +216,7 @@ def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float,
         ready.get()
     t = time.perf_counter()
     start.set()
-    out: dict[int, tuple[int, float, dict]] = {}
+    out: dict[int, tuple] = {}
     while len(out) < len(shares):
         while not progress.empty():
             bar.update(progress.get())

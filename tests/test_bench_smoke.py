@@ -166,6 +166,15 @@ def _bench_module(name: str):
         sys.path.remove(str(BENCH))
 
 
+def test_the_year_rate_in_slices_of_its_run():
+    slice_rates = _bench_module("year").slice_rates
+    marks = [(0.0, 0), (0.5, 5), (1.0, 10), (1.2, 14), (2.5, 30), (2.7, 31)]
+    # 0 to 1.0 s: 10 in 1 s; 1.0 to 2.5 s: 20 in 1.5 s; the last 0.2 s is too short
+    assert slice_rates(marks, 1.0) == pytest.approx([10.0, 20 / 1.5])
+    assert slice_rates(marks, 5.0) == []
+    assert slice_rates(marks[:1], 1.0) == []
+
+
 def test_the_load_generator_skips_what_a_stall_made_late_instead_of_bursting():
     due_queries = _bench_module("e2e").due_queries
     rate, late = 10_000, 0.001
