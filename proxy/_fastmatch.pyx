@@ -596,6 +596,9 @@ cdef struct Fields:
 DEF XML_MAX_NAMES = 32
 DEF XML_PROLOGUE_MAX = 1024          # bytes of a prologue _xml_spans keeps (XmlNames.prologue)
 DEF XML_PROLOGUE_NS = 16             # namespaces the root of a kept prologue may declare
+DEF XML_TAG_BITS = 7                 # 2**7 start tags kept (XmlNames.tag), a slot each by a hash
+DEF XML_TAG_SLOTS = 128
+DEF XML_TAG_MAX = 64                 # the longest start tag kept, '<' to '>'
 
 cdef enum:
     # what a local name is in the XML header (XmlName.header)
@@ -612,6 +615,15 @@ cdef struct XmlName:                 # a local name the XML fast path looks for
     int header                       # XH_*
     int fields                       # a bit per body field it is read for: 1 pur, 2 rsn, 4 atn, 8 imq
 
+cdef struct XmlTag:                  # a start tag read before, in the kept prologue's scope
+    unsigned long long gen           # XmlNames.tag_gen when it was kept; another: an empty slot
+    int length                       # its bytes, '<' to the first '>', which ends it
+    int name_end                     # where its name ends, from the '<'
+    int local_a                      # where its local name starts, from the '<'
+    int known                        # its local name's entry in XmlNames.name, -1: none
+    bint self_closing
+    unsigned char text[XML_TAG_MAX]
+
 cdef struct XmlNames:
     int count                        # -1: too many names, the fast path declines
     signed char first[64]            # per min(length, 63): the first name of that length, -1: none
@@ -626,6 +638,10 @@ cdef struct XmlNames:
     int nns                          # the namespaces the root declares
     Py_ssize_t ns_a[XML_PROLOGUE_NS]
     Py_ssize_t ns_len[XML_PROLOGUE_NS]
+    # Start tags read inside documents that began with the kept prologue, where no
+    # namespace was declared since: the same bytes read the same there (_xml_spans).
+    unsigned long long tag_gen       # advanced when the prologue is replaced: its tags go
+    XmlTag tag[XML_TAG_SLOTS]
 
 
 #: The header's local names, in XH_HEADER, XH_MKE ... order.
@@ -661,6 +677,8 @@ cdef void _xml_names_c(tuple names, XmlNames* out):
     out.count = 0
     out.prologue_len = 0
     memset(out.first, -1, sizeof(out.first))
+    memset(out.tag, 0, sizeof(out.tag))
+    out.tag_gen = 1
     for k, name in enumerate(_XML_HEADER_NAMES):
         _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_HEADER + k, 0)
     for f in range(4):
@@ -1910,6 +1928,15 @@ cdef inline bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const c
                      Py_ssize_t litlen) noexcept nogil:
     return b - a == litlen and sg_eq(p + a, <const unsigned char*> lit, litlen)
 
+cdef inline XmlTag* _xml_tag_slot(XmlNames* names, const unsigned char* t,
+                                  Py_ssize_t length) noexcept nogil:
+    """The slot in names.tag of the start tag t[:length], 8 to XML_TAG_MAX bytes: a hash
+    of its last eight bytes, eight from its middle and its length."""
+    cdef uint64_t w = sg_load8(t + length - 8) ^ (sg_load8(t + ((length - 8) >> 1)) * <uint64_t> 0x100000001B3) \
+        ^ <uint64_t> length
+    return &names.tag[(w * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - XML_TAG_BITS)]
+
+
 cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
                     Fields* out) noexcept nogil:
     """Read a simple XML payload into out, exactly as the reference would: READ,
@@ -1919,7 +1946,16 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
     Every byte is looked at once, by the part that reads it: markup character by
     character, character data and attribute values by sg_xml_scan, which declines
     what the fast path does not read (a control but tab and LF, non-ASCII, '&',
-    "]]>")."""
+    "]]>").
+
+    A start tag read in a document that began with the kept prologue, while only the
+    prologue's namespaces were in scope, is kept (names.tag) with what its reading
+    found: where its name and local name end, whether it closes itself, which known
+    name it has.  The same bytes in the same scope read the same, so a later start
+    tag whose bytes up to its first '>' are a kept tag's, in such a scope, takes
+    those findings instead of being read again; a tag that declares a namespace is
+    never kept.  A switch's documents repeat a few dozen start tags, whose reading
+    was most of a document's instructions."""
     cdef Py_ssize_t i, j, k, e, colon, acolon, name_end, local_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_a
     cdef Py_ssize_t[XML_MAX_DEPTH] open_len
@@ -1938,6 +1974,10 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
     cdef Py_ssize_t text_a, text_b
     cdef const XmlName* known
     cdef unsigned char c, q
+    cdef bint in_prologue_scope = False  # began with the kept prologue (or has just kept its own)
+    cdef bint kept_tag
+    cdef XmlTag* tag
+    cdef Py_ssize_t limit, tag_len = 0
     if n == 0 or p[0] != 60 or names.count < 0:
         return False
     for f in range(4):
@@ -1959,6 +1999,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         depth = 1
         root_seen = True
         i = names.prologue_len
+        in_prologue_scope = True
     elif n >= 5 and memcmp(p, b"<?xml", 5) == 0:
         if n >= 21 and memcmp(p, b'<?xml version="1.0"?>', 21) == 0:
             i = 21
@@ -2016,84 +2057,110 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         # start tag
         if depth == 0 and root_seen:
             return False
-        name_end = sg_qname(p, i + 1, n, &colon)
-        if name_end < 0:
-            return False
-        j = name_end
-        nat = 0
-        self_closing = False
-        while True:
-            k = j
-            while j < n and _ws(p[j]):
-                j += 1
-            if j >= n:
+        tag = NULL
+        kept_tag = False
+        if in_prologue_scope and depth > 0 and nns == names.nns:
+            limit = min(n, i + XML_TAG_MAX)
+            k = sg_next_byte(p, i + 1, limit, 62)  # the tag's first '>'
+            tag_len = k + 1 - i
+            if k < limit and tag_len >= 8:
+                tag = _xml_tag_slot(names, p + i, tag_len)
+                if tag.gen == names.tag_gen and tag.length == tag_len and sg_eq_name(p + i, tag.text, tag_len):
+                    kept_tag = True
+                    j = i + tag_len
+                    name_end = i + tag.name_end
+                    local_a = i + tag.local_a
+                    self_closing = tag.self_closing
+                    known = &names.name[tag.known] if tag.known >= 0 else NULL
+        if not kept_tag:
+            name_end = sg_qname(p, i + 1, n, &colon)
+            if name_end < 0:
                 return False
-            if p[j] == 62:  # '>'
-                j += 1
-                break
-            if p[j] == 47:  # '/>'
-                if j + 1 >= n or p[j + 1] != 62:
+            j = name_end
+            nat = 0
+            self_closing = False
+            while True:
+                k = j
+                while j < n and _ws(p[j]):
+                    j += 1
+                if j >= n:
                     return False
-                self_closing = True
-                j += 2
-                break
-            if j == k:
-                return False  # attributes need whitespace before them
-            e = sg_qname(p, j, n, &acolon)
-            if e < 0 or nat == XML_MAX_ATTRS:
-                return False
-            for f in range(nat):
-                if _same(p, at_a[f], at_len[f], j, e - j):
-                    return False  # duplicate attribute
-            at_a[nat] = j
-            at_len[nat] = e - j
-            nat += 1
-            k = e
-            while k < n and _ws(p[k]):
+                if p[j] == 62:  # '>'
+                    j += 1
+                    break
+                if p[j] == 47:  # '/>'
+                    if j + 1 >= n or p[j + 1] != 62:
+                        return False
+                    self_closing = True
+                    j += 2
+                    break
+                if j == k:
+                    return False  # attributes need whitespace before them
+                e = sg_qname(p, j, n, &acolon)
+                if e < 0 or nat == XML_MAX_ATTRS:
+                    return False
+                for f in range(nat):
+                    if _same(p, at_a[f], at_len[f], j, e - j):
+                        return False  # duplicate attribute
+                at_a[nat] = j
+                at_len[nat] = e - j
+                nat += 1
+                k = e
+                while k < n and _ws(p[k]):
+                    k += 1
+                if k >= n or p[k] != 61:  # '='
+                    return False
                 k += 1
-            if k >= n or p[k] != 61:  # '='
-                return False
-            k += 1
-            while k < n and _ws(p[k]):
+                while k < n and _ws(p[k]):
+                    k += 1
+                if k >= n or (p[k] != 34 and p[k] != 39):
+                    return False
+                q = p[k]
                 k += 1
-            if k >= n or (p[k] != 34 and p[k] != 39):
-                return False
-            q = p[k]
-            k += 1
-            text_a = k
-            k = sg_xml_scan(p, k, n, q, 60)
-            if k < 0 or k >= n or p[k] != q:  # no '<' in a value
-                return False
-            if acolon >= 0 or _is(p, j, e, b"xmlns", 5):
-                # A namespace declaration.  Left to the reference: a URI with '}', which
-                # ElementTree cannot name, and the reserved ones (the xml and xmlns
-                # prefixes, the W3C's namespace names), which expat refuses to bind.
-                if _next_byte(p, text_a, k, 125) < k or (
-                        k - text_a >= 18 and sg_eq(p + text_a, <const unsigned char*> b"http://www.w3.org/", 18)):
+                text_a = k
+                k = sg_xml_scan(p, k, n, q, 60)
+                if k < 0 or k >= n or p[k] != q:  # no '<' in a value
                     return False
-            if acolon >= 0:
-                if not _is(p, j, acolon, b"xmlns", 5):
-                    return False  # prefixed attributes: left to the reference
-                if text_a == k or nns == XML_MAX_NS or (
-                        e - acolon - 1 >= 3 and sg_eq(p + acolon + 1, <const unsigned char*> b"xml", 3)):
-                    return False
-                ns_a[nns] = acolon + 1
-                ns_len[nns] = e - acolon - 1
-                ns_depth[nns] = depth + 1
-                nns += 1
-            j = k + 1
-        # the element's prefix must be declared here or above
-        if colon >= 0:
-            f = nns - 1
-            while f >= 0 and not _same(p, ns_a[f], ns_len[f], i + 1, colon - (i + 1)):
-                f -= 1
-            if f < 0:
-                if _is(p, i + 1, colon, b"xml", 3):
-                    return False  # the predefined prefix: left to the reference
-                return REJECTED  # an unbound prefix: expat's namespace error
-            local_a = colon + 1
-        else:
-            local_a = i + 1
+                if acolon >= 0 or _is(p, j, e, b"xmlns", 5):
+                    # A namespace declaration.  Left to the reference: a URI with '}', which
+                    # ElementTree cannot name, and the reserved ones (the xml and xmlns
+                    # prefixes, the W3C's namespace names), which expat refuses to bind.
+                    if _next_byte(p, text_a, k, 125) < k or (
+                            k - text_a >= 18 and sg_eq(p + text_a, <const unsigned char*> b"http://www.w3.org/", 18)):
+                        return False
+                if acolon >= 0:
+                    if not _is(p, j, acolon, b"xmlns", 5):
+                        return False  # prefixed attributes: left to the reference
+                    if text_a == k or nns == XML_MAX_NS or (
+                            e - acolon - 1 >= 3 and sg_eq(p + acolon + 1, <const unsigned char*> b"xml", 3)):
+                        return False
+                    ns_a[nns] = acolon + 1
+                    ns_len[nns] = e - acolon - 1
+                    ns_depth[nns] = depth + 1
+                    nns += 1
+                j = k + 1
+            # the element's prefix must be declared here or above
+            if colon >= 0:
+                f = nns - 1
+                while f >= 0 and not _same(p, ns_a[f], ns_len[f], i + 1, colon - (i + 1)):
+                    f -= 1
+                if f < 0:
+                    if _is(p, i + 1, colon, b"xml", 3):
+                        return False  # the predefined prefix: left to the reference
+                    return REJECTED  # an unbound prefix: expat's namespace error
+                local_a = colon + 1
+            else:
+                local_a = i + 1
+            known = _xml_name(names, p, local_a, name_end)
+            if tag != NULL and j - i == tag_len and nns == names.nns:
+                # read in the prologue's scope and declaring nothing: kept
+                tag.gen = names.tag_gen
+                tag.length = <int> tag_len
+                tag.name_end = <int> (name_end - i)
+                tag.local_a = <int> (local_a - i)
+                tag.known = <int> (known - &names.name[0]) if known != NULL else -1
+                tag.self_closing = self_closing
+                memcpy(tag.text, p + i, tag_len)
         text_a = j
         if self_closing:
             text_b = j
@@ -2102,7 +2169,6 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
             if text_b < 0:
                 return False
         # what this element is
-        known = _xml_name(names, p, local_a, name_end)
         if known != NULL:
             if known.header == XH_HEADER:
                 if not header_done and not header_open:
@@ -2157,6 +2223,8 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
                 for f in range(nns):
                     names.ns_a[f] = ns_a[f]
                     names.ns_len[f] = ns_len[f]
+                names.tag_gen += 1  # the tags kept were read in the old prologue's scope
+                in_prologue_scope = True
         i = j
     if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
         return False

@@ -158,6 +158,57 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
         assert fast.pending == ref.pending == 0
 
 
+def test_xml_start_tags_kept_from_earlier_documents_change_no_answer():
+    """The XML fast path keeps the start tags it read in the kept prologue's scope and
+    takes a later tag with the same bytes as read.  A tag that declares a namespace
+    is not kept (its children's prefixes need the declaration read); one whose first
+    '>' is inside an attribute value is not either; a new prologue (whose scope binds
+    other prefixes) lets the kept tags go.  Each document in turn through one engine
+    and matcher is decided as the reference engine decides it."""
+    from proxy._framing import frame
+
+    nh2, nh3 = 'xmlns:nh2="urn:nh"', 'xmlns:nh3="urn:nh"'
+    body = "<n2:NLETSInquiryData>{}</n2:NLETSInquiryData></n2:NLETS>"
+    header = ("<n2:NLETSMessageHeader><nh2:MessageKeyCodeText>DQ</nh2:MessageKeyCodeText>"
+              "<nh2:OriginatingORIID>AZ0070000</nh2:OriginatingORIID>"
+              "<nh2:DestinationORIID>CA</nh2:DestinationORIID></n2:NLETSMessageHeader>")  # fmt: skip
+
+    def doc(inquiry: str, root: str = nh2, head: str = header) -> bytes:
+        return _xml_doc(root, rest=head + body.format(inquiry))
+
+    declares = '<x:Item xmlns:x="urn:x"><x:Sub/></x:Item>'  # x bound by the tag itself
+    gt_in_value = '<AttentionText a=">">OFFICER 3</AttentionText>'  # its first '>' in a value
+    payloads = [
+        doc(declares),
+        doc(declares),  # the same tag again: read again, so its children's x is bound
+        doc("<x:Sub/>"),  # x unbound here: rejected
+        doc(gt_in_value),
+        doc(gt_in_value),  # the attention is OFFICER 3 both times
+        doc('<AttentionText a="x">OFFICER 4</AttentionText>'),
+        doc("<AttentionText>OFFICER 5</AttentionText>"),
+        doc("<AttentionText>OFFICER 6</AttentionText>"),  # kept, then taken
+        doc("<AttentionText/>"),
+        doc("<AttentionText>OFFICER 7</AttentionText>", root=nh3),  # a new prologue: nh2 unbound
+        doc("<AttentionText>OFFICER 8</AttentionText>"),  # nh2's prologue again
+        doc("<AttentionText>OFFICER 9</AttentionText>", root=nh3, head=header.replace("nh2:", "nh3:")),
+    ]
+    policy = compile_policy(parse_config(random_policy_text(random.Random(8))))
+    matcher = Matcher(policy)
+    seen = []
+    for direction in ("in", "out"):
+        fast = Engine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        ref = ReferenceEngine(direction, 1, "127.0.0.1:9", "len32", 1 << 20, b"", Sequencer(0, "t"))
+        for p in payloads:
+            x = fast.feed(frame(p, "len32"), matcher, "T")
+            y = ref.feed(frame(p, "len32"), policy, "T")
+            assert x.lines == y.lines, p
+            assert x.forward == y.forward and x.replies == y.replies
+            seen += [(r.action, r.atn) for r in y.records]
+    # the cases are what they say: read, rejected, and the attentions as written
+    assert ("reject", None) in seen and seen.count(("reject", None)) < len(seen)
+    assert {"OFFICER 3", "OFFICER 6", "OFFICER 8"} <= {atn for _, atn in seen}
+
+
 def test_log_lines_escape_what_json_must():
     """The engine writes log lines itself: values with quotes and backslashes (which
     the fast paths pass through) come out exactly as msgspec writes them, with or
