@@ -20,11 +20,12 @@ proxy._framing, proxy._decode and proxy._policy.decide.
 Beside the wall time the run reports the CPU time its deciding took, the share of the
 machine's CPU time the hypervisor gave to other guests meanwhile (steal), and the rate
 in each second of the run (its median, fastest and slowest second), so that a slow run
-on a shared machine can be told from slow code: one process's rate moves by a third
-from one second to the next while its code and memory stay the same.  ``--workers N`` splits the
-year over N processes (forked after the pool is built, each with its own engine and
-matcher, each deciding its share from the pool's start), as a state re-deciding a
-year of traffic would use every core it has; the one-core rate is the default run's.
+on a shared machine can be told from slow code: on the 2-core VM of bench/README.md one
+process's rate moved by a third from one second to the next, its code and memory the
+same.  ``--workers N`` splits the year over N processes, forked after the pool is built
+(each with its own copy of the matcher and an engine of its own, each deciding its
+share from the pool's start), as a state re-deciding a year of traffic would use every
+core it has; the one-core rate is the default run's.
 """
 
 from __future__ import annotations
