@@ -135,7 +135,6 @@ def main() -> int:
         return done, time.process_time() - cpu, seq.counts, marks
 
     bar = tqdm(total=total, unit="msg", unit_scale=True, disable=args.no_progress, smoothing=0.1)
-    shares = [total // args.workers + (1 if k < total % args.workers else 0) for k in range(args.workers)]
     before = cpu_jiffies()
     if args.workers == 1:
         t = time.perf_counter()
@@ -144,6 +143,7 @@ def main() -> int:
         cpus = [cpu]
         slices = [slice_rates(marks, SLICE)]
     else:
+        shares = [total // args.workers + (1 if k < total % args.workers else 0) for k in range(args.workers)]
         wall, results = in_processes(decide_share, shares, bar)
         done = sum(r[0] for r in results)
         cpus = [r[1] for r in results]
