@@ -20,7 +20,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}"
+    from proxy._fastmatch import text_masks_in_use
+
+    return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}, text masks {text_masks_in_use()}"
 
 
 def cpu_jiffies() -> dict[str, int]:

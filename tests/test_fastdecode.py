@@ -9,7 +9,10 @@ generated traffic, mutations of it, and random payloads built to find the edges.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import msgspec
 import pytest
@@ -17,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy._decode import DEFAULT_XML_FIELDS, Malformed, XmlFields, decode_json, decode_text, decode_xml
-from proxy._fastmatch import fast_decode_json, fast_decode_text, fast_decode_xml, xml_body_names
+from proxy._fastmatch import AVX512, fast_decode_json, fast_decode_text, fast_decode_xml, text_masks, xml_body_names
 from proxy._traffic import TrafficGenerator
 
 
@@ -95,6 +98,58 @@ def test_text_random_header_combinations():
         if agrees("text", head + sep + rest):
             answered += 1
     assert answered > 1000
+
+
+def plain_masks(payload: bytes) -> tuple[list[int], ...]:
+    """The text fast path's four masks (LF; LF or '.'; '/'; neither printable ASCII nor
+    LF), read a byte at a time."""
+    words = [[0] * ((len(payload) + 63) // 64) for _ in range(4)]
+    for i, c in enumerate(payload):
+        for k, hit in enumerate((c == 10, c in (10, 46), c == 47, (c < 0x20 and c != 10) or c >= 0x7F)):
+            if hit:
+                words[k][i // 64] |= 1 << (i % 64)
+    return tuple(words)
+
+
+MASK_BYTES = st.binary(max_size=300) | st.lists(st.sampled_from(b"./\n\r *AZ09\x00\x1f\x7f\x80\xff"),
+                                                 max_size=300).map(bytes)  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(MASK_BYTES)
+def test_text_masks_sixteen_bytes_at_a_time(payload):
+    assert text_masks(payload, False) == plain_masks(payload)
+
+
+@pytest.mark.skipif(not AVX512, reason="this machine has no AVX-512BW")
+@settings(max_examples=3000, deadline=None)
+@given(MASK_BYTES)
+def test_text_masks_64_bytes_at_a_time(payload):
+    assert text_masks(payload, True) == plain_masks(payload)
+
+
+@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=pytest.mark.skipif(not AVX512, reason="no AVX-512BW"))])
+def test_text_masks_every_length_and_position(wide):
+    """Each special byte at each position of payloads of every length to 200: the word
+    and block edges, and the last partial block, where the two ways differ most."""
+    for n in range(1, 200):
+        for at in {0, n // 2, n - 1} | ({63, 64} & set(range(n))):
+            for special in b"\n./\r\x7f\x80":
+                payload = bytearray(b"A" * n)
+                payload[at] = special
+                assert text_masks(bytes(payload), wide) == plain_masks(bytes(payload)), (n, at, special)
+    assert text_masks(b"", wide) == ([], [], [], [])
+
+
+def test_text_masks_way_in_use_follows_the_environment():
+    """STATEGATE_AVX512=0 keeps the portable way; otherwise the wide one where there is one."""
+    code = "from proxy._fastmatch import text_masks_in_use; print(text_masks_in_use())"
+    ways = {}
+    for setting in ("0", "1"):
+        env = {**os.environ, "STATEGATE_AVX512": setting}
+        ways[setting] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                       check=True, timeout=60).stdout.strip()  # fmt: skip
+    assert ways == {"0": "sse2", "1": "avx512bw" if AVX512 else "sse2"}
 
 
 CLOCK_LINES = [b"10:01 08/22/2011 35048", b"10:01 08/22/2011 08374 AZNLETS20", b"10:01 08/22/2011 08374 AZNLETS20*Z5",
