@@ -198,7 +198,8 @@ def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float,
     """Run decide_share once per share, each in a process forked from this one (the
     pool and the matcher are shared, copy on write), started together once all are
     ready; returns the wall time from their start to the last one's end, and their
-    results in order."""
+    results in order.  A worker that ends before it is ready or has its result (the
+    kernel's OOM killer, a crash) ends the run with an error, not a wait."""
     ctx = multiprocessing.get_context("fork")
     ready = ctx.SimpleQueue()
     progress = ctx.SimpleQueue()
@@ -206,34 +207,47 @@ def in_processes(decide_share: Any, shares: list[int], bar: Any) -> tuple[float,
     start = ctx.Event()
 
     def work(k: int) -> None:
-        ready.put(k)
+        ready.put((k, None))
         start.wait()
         results.put((k, decide_share(shares[k], progress.put)))
 
     workers = [ctx.Process(target=work, args=(k,), daemon=True) for k in range(len(shares))]
     for w in workers:
         w.start()
-    for _ in workers:
-        ready.get()
-    t = time.perf_counter()
-    start.set()
-    out: dict[int, tuple] = {}
-    while len(out) < len(shares):
-        while not progress.empty():
-            bar.update(progress.get())
-        if not results.empty():
-            k, r = results.get()
-            out[k] = r
-        elif any(w.exitcode not in (None, 0) for w in workers):
-            raise SystemExit("a worker failed: " + ", ".join(f"exit status {w.exitcode}" for w in workers))
-        else:
-            time.sleep(0.02)
-    wall = time.perf_counter() - t
+    try:
+        gather(ready, workers, progress, bar, "ready")
+        t = time.perf_counter()
+        start.set()
+        out = gather(results, workers, progress, bar, "its result")
+        wall = time.perf_counter() - t
+    except BaseException:
+        for w in workers:  # the others would wait for a start, or decide on for nothing
+            w.kill()
+        raise
     for w in workers:
         w.join()
     while not progress.empty():
         bar.update(progress.get())
     return wall, [out[k] for k in range(len(shares))]
+
+
+def gather(queue: Any, workers: list[Any], progress: Any, bar: Any, what: str) -> dict[int, Any]:
+    """Each worker's one (number, item) on queue, by number, passing progress to bar
+    meanwhile.  SystemExit naming the worker if one ends without putting it."""
+    got: dict[int, Any] = {}
+    while len(got) < len(workers):
+        while not progress.empty():
+            bar.update(progress.get())
+        if not queue.empty():
+            k, item = queue.get()
+            got[k] = item
+            continue
+        ended = [k for k, w in enumerate(workers) if k not in got and w.exitcode is not None]
+        if ended and queue.empty():  # looked again: what a worker put before it ended is there now
+            raise SystemExit("; ".join(f"worker {k} ended (exit status {workers[k].exitcode}) without {what}"
+                                       for k in ended))  # fmt: skip
+        time.sleep(0.02)
+    return got
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,25 @@ def test_each_query_is_sent_once_on_time_or_skipped_for_lateness(elapsed, rate, 
         assert elapsed - (first - 1) / rate > late - eps  # what is skipped was later than that
     if late_ms != float("inf"):
         assert end - first <= rate * late + 1  # so no burst beyond the last `late` of queries
+
+
+@pytest.mark.parametrize("status", [3, 0])
+def test_the_split_year_ends_with_an_error_when_a_worker_ends_without_its_result(status):
+    """A worker that dies (here at once, with each exit status) must not leave the
+    year waiting for it; the other worker is stopped too."""
+    year = _bench_module("year")
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+    def decide_share(share: int, report) -> tuple:
+        if share == 1:
+            os._exit(status)
+        time.sleep(60)  # the other worker: still deciding when the first dies
+        return (share, 0.0, {}, [])
+
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match=f"worker 0 ended \\(exit status {status}\\) without its result"):
+        year.in_processes(decide_share, [1, 2], Bar())
+    assert time.monotonic() - started < 30
