@@ -6,6 +6,7 @@ the tree before it.
     python bench/ab.py --build ../before .        # builds each tree's extensions in place
     python bench/ab.py ../before . --rounds 6 --rate 10000 --trips 2000
     python bench/ab.py ../before . --decide --pool 60000   # the decision path only
+    python bench/ab.py ../before . --decide --one-process --rounds 300 --passes 1 --pool 300000
 
 Each round starts every tree's proxy in turn (the order reversed every other round)
 with the same config, policy and log settings as bench/e2e.py, and measures it the
@@ -26,6 +27,13 @@ messages of the mix, framed len32, the example policy), in a process of its own 
 that tree's `proxy` on its path: ns a message, the fastest of `--passes` passes, since
 on a shared machine noise only ever adds.  A pool larger than the branch predictors
 can learn (tens of thousands) is what the year sees; a small pool flatters the code.
+
+With `--decide --one-process`, every tree's compiled engine is loaded into one process
+(each from its own file, under the one module name; the Python modules are the first
+tree's, so this compares engines, not the rest) and the rounds alternate between them
+there: a pass takes milliseconds, so hundreds of rounds fit in a minute, and the two
+sides of each ratio ran a few milliseconds apart.  On this machine that resolved a
+change of 5% that separate processes could only suggest (bench/README.md).
 
 It prints each round, then per tree the medians, and for every tree after the first
 the median over rounds of its ratio to the first tree in the same round (a round's
@@ -97,6 +105,61 @@ for _ in range(passes):
 print(best)
 """
 
+#: Every tree's decision path in one process (--decide --one-process): each tree's
+#: compiled engine loaded from its own file under the one name, the Python modules
+#: (policy, generator, framing) the first tree's.  Prints a line a round: each tree's
+#: ns a message, the fastest of its passes, trees in turn, the order reversed every
+#: other round.
+DECIDE_TOGETHER = """
+import glob, importlib.util, sys, time
+from proxy._config import load_config
+from proxy._demo import EXAMPLE_POLICY
+from proxy._framing import frame
+from proxy._pipeline import Sequencer
+from proxy._policy import compile_policy
+from proxy._traffic import TrafficGenerator
+pool, passes, seed, rounds = (int(a) for a in sys.argv[1:5])
+trees = sys.argv[5:]
+
+def load(tree):
+    (path,) = glob.glob(tree + "/proxy/_fastmatch*.so")
+    spec = importlib.util.spec_from_file_location("proxy._fastmatch", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["proxy._fastmatch"] = module  # its relative imports find the first tree's
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["proxy._fastmatch"]
+    if module.__file__ != path:
+        raise SystemExit(f"loaded {module.__file__}, not {path}")
+    return module
+
+policy = compile_policy(load_config(EXAMPLE_POLICY))
+gen = TrafficGenerator(seed, policy.state)
+stream = b"".join(frame(gen.query().payload, "len32") for _ in range(pool))
+chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+runs = []
+for module in map(load, trees):
+    engine = module.Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", Sequencer())
+    matcher = module.Matcher(policy)
+    for c in chunks:  # every party seen once: the year's steady state
+        engine.decide(c, matcher)
+    runs.append((engine, matcher))
+
+def fastest(engine, matcher):
+    best = float("inf")
+    for _ in range(passes):
+        t = time.perf_counter()
+        n = sum(engine.decide(c, matcher) for c in chunks)
+        best = min(best, (time.perf_counter() - t) / n * 1e9)
+    return best
+
+for r in range(rounds):
+    order = range(len(runs)) if r % 2 == 0 else range(len(runs) - 1, -1, -1)
+    ns = {i: fastest(*runs[i]) for i in order}
+    print(" ".join(repr(ns[i]) for i in range(len(runs))), flush=True)
+"""
+
 
 def build(tree: Path) -> None:
     """Build tree's extensions with pip, as a fresh install would, and unpack them
@@ -124,6 +187,18 @@ def measure_decide(tree: Path, args: argparse.Namespace) -> dict[str, float]:
     if out.returncode:
         raise SystemExit(f"{tree}: the decision path did not run:\n{out.stderr}")
     return {"decide_ns_per_msg": float(out.stdout)}
+
+
+def measure_decide_together(trees: list[Path], args: argparse.Namespace) -> list[list[dict[str, float]]]:
+    """Every tree's decision path in one process, rounds alternated (--decide
+    --one-process); by tree, a measure a round."""
+    out = subprocess.run([sys.executable, "-c", DECIDE_TOGETHER, str(args.pool), str(args.passes), str(args.seed),
+                          str(args.rounds), *map(str, trees)], cwd=trees[0], env={"PYTHONPATH": str(trees[0])},
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        raise SystemExit(f"the decision paths did not run together:\n{out.stderr}")
+    rows = [[float(x) for x in line.split()] for line in out.stdout.splitlines()]
+    return [[{"decide_ns_per_msg": row[i]} for row in rows] for i in range(len(trees))]
 
 
 def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -172,6 +247,8 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=20_000)
     ap.add_argument("--decide", action="store_true", help="measure the decision path, not the proxy")
     ap.add_argument("--passes", type=int, default=7, help="passes over the pool a round (--decide)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="--decide: every tree's engine in one process, rounds alternated (use many rounds)")
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
     if args.build:
@@ -194,7 +271,9 @@ def main() -> int:
                 print(f"round {r + 1} {trees[i]}: " + ", ".join(f"{k} {shown(v)}" for k, v in m.items()),
                       flush=True)  # fmt: skip
 
-    if args.decide:
+    if args.decide and args.one_process:
+        results = measure_decide_together(trees, args)
+    elif args.decide:
         run_rounds(lambda tree: measure_decide(tree, args))
     else:
         switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", str(args.seed),

@@ -133,6 +133,19 @@ def test_ab_decide_smoke():
     assert 0.2 < ratio < 5  # the same tree twice: a reading, not a wild one
 
 
+def test_ab_decide_in_one_process_smoke():
+    """bench/ab.py --decide --one-process: the trees' engines in one process, rounds
+    alternated, reported as for separate processes."""
+    tree = str(BENCH.parent)
+    out = bench(str(BENCH / "ab.py"), tree, tree, "--decide", "--one-process", "--rounds", "6", "--pool", "3000",
+                "--passes", "1")  # fmt: skip
+    medians = out.split("medians of 6 rounds")[1]
+    assert medians.count("decide_ns_per_msg") == 2
+    ratio = float(medians.split("   x")[1].split()[0])
+    assert 0.2 < ratio < 5  # the same tree twice: a reading, not a wild one
+    assert "; order-balanced x" in medians
+
+
 def test_soak_smoke():
     out = bench(str(BENCH / "soak.py"), "--messages", "4000", "--connections", "2")
     assert "mismatches: 0" in out
