@@ -75,42 +75,12 @@ MEASURES = {
     "decide_ns_per_msg": False,
 }
 
-#: The decision path of one tree, run with that tree's proxy on sys.path (--decide).
+#: The decision path of each tree given (--decide: one tree a process, with that tree's
+#: proxy on sys.path; --one-process: all of them), each tree's compiled engine loaded
+#: from its own file under the one name, the Python modules (policy, generator,
+#: framing) the first tree's.  Prints a line a round: each tree's ns a message, the
+#: fastest of its passes, trees in turn, the order reversed every other round.
 DECIDE = """
-import sys, time
-from proxy._config import load_config
-from proxy._demo import EXAMPLE_POLICY
-from proxy._fastmatch import Engine, Matcher
-from proxy._framing import frame
-from proxy._pipeline import Sequencer
-from proxy._policy import compile_policy
-from proxy._traffic import TrafficGenerator
-import proxy._fastmatch
-if not proxy._fastmatch.__file__.startswith(sys.argv[4]):
-    raise SystemExit(f"loaded {proxy._fastmatch.__file__}, not the tree's engine")
-pool, passes, seed = (int(a) for a in sys.argv[1:4])
-policy = compile_policy(load_config(EXAMPLE_POLICY))
-matcher = Matcher(policy)
-gen = TrafficGenerator(seed, policy.state)
-stream = b"".join(frame(gen.query().payload, "len32") for _ in range(pool))
-chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
-engine = Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", Sequencer())
-for c in chunks:  # every party seen once: the year's steady state
-    engine.decide(c, matcher)
-best = float("inf")
-for _ in range(passes):
-    t = time.perf_counter()
-    n = sum(engine.decide(c, matcher) for c in chunks)
-    best = min(best, (time.perf_counter() - t) / n * 1e9)
-print(best)
-"""
-
-#: Every tree's decision path in one process (--decide --one-process): each tree's
-#: compiled engine loaded from its own file under the one name, the Python modules
-#: (policy, generator, framing) the first tree's.  Prints a line a round: each tree's
-#: ns a message, the fastest of its passes, trees in turn, the order reversed every
-#: other round.
-DECIDE_TOGETHER = """
 import glob, importlib.util, sys, time
 from proxy._config import load_config
 from proxy._demo import EXAMPLE_POLICY
@@ -180,23 +150,14 @@ def shown(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
 
 
-def measure_decide(tree: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One tree's decision path, in a process of its own (--decide)."""
+def measure_decide(trees: list[Path], rounds: int, args: argparse.Namespace) -> list[list[dict[str, float]]]:
+    """The trees' decision paths in one process of their own, ``rounds`` rounds
+    alternated; by tree, a measure a round."""
     out = subprocess.run([sys.executable, "-c", DECIDE, str(args.pool), str(args.passes), str(args.seed),
-                          str(tree)], cwd=tree, env={"PYTHONPATH": str(tree)}, capture_output=True, text=True)  # fmt: skip
-    if out.returncode:
-        raise SystemExit(f"{tree}: the decision path did not run:\n{out.stderr}")
-    return {"decide_ns_per_msg": float(out.stdout)}
-
-
-def measure_decide_together(trees: list[Path], args: argparse.Namespace) -> list[list[dict[str, float]]]:
-    """Every tree's decision path in one process, rounds alternated (--decide
-    --one-process); by tree, a measure a round."""
-    out = subprocess.run([sys.executable, "-c", DECIDE_TOGETHER, str(args.pool), str(args.passes), str(args.seed),
-                          str(args.rounds), *map(str, trees)], cwd=trees[0], env={"PYTHONPATH": str(trees[0])},
+                          str(rounds), *map(str, trees)], cwd=trees[0], env={"PYTHONPATH": str(trees[0])},
                          capture_output=True, text=True)  # fmt: skip
     if out.returncode:
-        raise SystemExit(f"the decision paths did not run together:\n{out.stderr}")
+        raise SystemExit(f"{', '.join(map(str, trees))}: the decision path did not run:\n{out.stderr}")
     rows = [[float(x) for x in line.split()] for line in out.stdout.splitlines()]
     return [[{"decide_ns_per_msg": row[i]} for row in rows] for i in range(len(trees))]
 
@@ -272,9 +233,9 @@ def main() -> int:
                       flush=True)  # fmt: skip
 
     if args.decide and args.one_process:
-        results = measure_decide_together(trees, args)
+        results = measure_decide(trees, args.rounds, args)
     elif args.decide:
-        run_rounds(lambda tree: measure_decide(tree, args))
+        run_rounds(lambda tree: measure_decide([tree], 1, args)[0][0])
     else:
         switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", str(args.seed),
                                    "--pool", str(args.pool)], stdout=subprocess.PIPE)  # fmt: skip
