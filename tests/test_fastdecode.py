@@ -115,20 +115,18 @@ MASK_BYTES = st.binary(max_size=300) | st.lists(st.sampled_from(b"./\n\r *AZ09\x
                                                  max_size=300).map(bytes)  # fmt: skip
 
 
+#: Both ways of making the masks: sixteen bytes at a time, and 64 where the CPU can.
+MASK_WAYS = [False, pytest.param(True, marks=pytest.mark.skipif(not AVX512, reason="this machine has no AVX-512BW"))]
+
+
+@pytest.mark.parametrize("wide", MASK_WAYS)
 @settings(max_examples=3000, deadline=None)
-@given(MASK_BYTES)
-def test_text_masks_sixteen_bytes_at_a_time(payload):
-    assert text_masks(payload, False) == plain_masks(payload)
+@given(payload=MASK_BYTES)
+def test_text_masks_read_the_bytes_plainly(wide, payload):
+    assert text_masks(payload, wide) == plain_masks(payload)
 
 
-@pytest.mark.skipif(not AVX512, reason="this machine has no AVX-512BW")
-@settings(max_examples=3000, deadline=None)
-@given(MASK_BYTES)
-def test_text_masks_64_bytes_at_a_time(payload):
-    assert text_masks(payload, True) == plain_masks(payload)
-
-
-@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=pytest.mark.skipif(not AVX512, reason="no AVX-512BW"))])
+@pytest.mark.parametrize("wide", MASK_WAYS)
 def test_text_masks_every_length_and_position(wide):
     """Each special byte at each position of payloads of every length to 200: the word
     and block edges, and the last partial block, where the two ways differ most."""
