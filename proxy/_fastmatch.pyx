@@ -695,7 +695,7 @@ DEF XML_MAX_NAMES = 32
 DEF XML_PROLOGUE_MAX = 1024          # bytes of a prologue _xml_spans keeps (XmlNames.prologue)
 DEF XML_PROLOGUE_NS = 16             # namespaces the root of a kept prologue may declare
 DEF XML_TAG_BITS = 7                 # 2**7 start tags kept (XmlNames.tag), a slot each by a hash
-DEF XML_TAG_SLOTS = 128
+DEF XML_TAG_SLOTS = 1 << XML_TAG_BITS
 DEF XML_TAG_MAX = 64                 # the longest start tag kept, '<' to '>'
 
 cdef enum:
