@@ -697,6 +697,9 @@ DEF XML_PROLOGUE_NS = 16             # namespaces the root of a kept prologue ma
 DEF XML_TAG_BITS = 7                 # 2**7 start tags kept (XmlNames.tag), a slot each by a hash
 DEF XML_TAG_SLOTS = 1 << XML_TAG_BITS
 DEF XML_TAG_MAX = 64                 # the longest start tag kept, '<' to '>'
+DEF XML_TPL_RUNS = 48                # character data runs a document may have to be kept
+DEF XML_TPL_NODES = 1024             # segments the kept documents' markup may take ...
+DEF XML_TPL_BYTES = 65536            # ... and bytes
 
 cdef enum:
     # what a local name is in the XML header (XmlName.header)
@@ -722,6 +725,27 @@ cdef struct XmlTag:                  # a start tag read before, in the kept prol
     bint self_closing
     unsigned char text[XML_TAG_MAX]
 
+cdef struct XmlTplNode:              # a run of markup kept from documents read before
+    int seg, seg_len                 # its bytes: XmlTemplates.text[seg:seg + seg_len]
+    uint64_t tail                    # its last eight bytes, if it has eight
+    int child, sibling               # the segments read after it (-1: none), and the next
+                                     # segment that may stand where it does (-1: none)
+    bint last                        # the document ends with it; then the runs it read:
+    signed char mke, ori, ctl, ndst  # which run (by its number among those of its
+    signed char dst[5]               # document) each header value was, -1: none
+    signed char el[4]                # ... and each body element (pur, rsn, atn, imq)
+
+cdef struct XmlTemplates:
+    # The markup of documents read before in the kept prologue's scope, as a tree of
+    # the runs of markup between their character data: a document whose markup is a
+    # path's, byte for byte, reads as that path's did (_xml_spans).
+    unsigned long long gen           # XmlNames.tag_gen when they were read; another: none
+    int nodes                        # used; node 0 is the prologue's end, with no bytes
+    int used                         # bytes of text used
+    unsigned long long hits          # documents read by a path (Matcher.xml_markup_kept)
+    XmlTplNode node[XML_TPL_NODES]
+    unsigned char text[XML_TPL_BYTES]
+
 cdef struct XmlNames:
     int count                        # -1: too many names, the fast path declines
     signed char first[64]            # per min(length, 63): the first name of that length, -1: none
@@ -740,6 +764,7 @@ cdef struct XmlNames:
     # namespace was declared since: the same bytes read the same there (_xml_spans).
     unsigned long long tag_gen       # advanced when the prologue is replaced: its tags go
     XmlTag tag[XML_TAG_SLOTS]
+    XmlTemplates* tpl                # whole documents' markup, where the owner keeps it; or NULL
 
 
 #: The header's local names, in XH_HEADER, XH_MKE ... order.
@@ -777,6 +802,7 @@ cdef void _xml_names_c(tuple names, XmlNames* out):
     memset(out.first, -1, sizeof(out.first))
     memset(out.tag, 0, sizeof(out.tag))
     out.tag_gen = 1
+    out.tpl = NULL
     for k, name in enumerate(_XML_HEADER_NAMES):
         _xml_name_add(out, PyBytes_AS_STRING(name), len(name), XH_HEADER + k, 0)
     for f in range(4):
@@ -1372,7 +1398,11 @@ cdef class Matcher:
         self.deny_reply = policy.deny_reply
         self.xml_fields = policy.xml
         self.xml_names = xml_body_names(policy.xml)
+        free(self.xml_c.tpl)
         _xml_names_c(self.xml_names, &self.xml_c)
+        self.xml_c.tpl = <XmlTemplates*> calloc(1, sizeof(XmlTemplates))
+        if self.xml_c.tpl == NULL:
+            raise MemoryError()
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
@@ -1458,6 +1488,7 @@ cdef class Matcher:
         free(self.party_table)
         free(self.party_class)
         free(self.party_masks)
+        free(self.xml_c.tpl)
 
     # ------------------------------------------------------------ building masks
 
@@ -1733,6 +1764,17 @@ cdef class Matcher:
             self.last_agency,
             self.last_groups,
         )
+
+    @property
+    def xml_markup_kept(self):
+        """(documents read by their markup's path, segments kept, bytes kept): how the
+        XML fast path's kept markup (XmlTemplates) is doing, for tests and benchmarks."""
+        cdef const XmlTemplates* t = self.xml_c.tpl
+        if t == NULL:
+            return (0, 0, 0)
+        if t.gen != self.xml_c.tag_gen:
+            return (t.hits, 0, 0)
+        return (t.hits, t.nodes - 1, t.used)
 
     def rule(self, str rule_id):
         """The Rule with this id (for deny replies), or None."""
@@ -2035,6 +2077,142 @@ cdef inline XmlTag* _xml_tag_slot(XmlNames* names, const unsigned char* t,
     return &names.tag[(w * <uint64_t> 0x9E3779B97F4A7C15) >> (64 - XML_TAG_BITS)]
 
 
+cdef int _xml_tpl_match(const XmlTemplates* t, const unsigned char* p, Py_ssize_t i,
+                        Py_ssize_t n, Py_ssize_t* run_a, Py_ssize_t* run_b) noexcept nogil:
+    """The last node of a kept path whose segments are p[i:n]'s markup, byte for byte,
+    with the character data between them (each a run sg_xml_scan passes, up to a
+    '<') in run_a[k]:run_b[k]; -1: none, for the reader to read.
+
+    One path's segment may be the start of another's (where one document had text
+    between two tags and the other none), so a path that fails is left for the next
+    sibling of its last node that matched, as in any search of a tree: each node is
+    tried at most once."""
+    cdef int c = t.node[0].child, level = 0
+    cdef int[XML_TPL_RUNS] taken  # the node whose run is run_a[level]:run_b[level]
+    cdef Py_ssize_t k, start = i
+    cdef const XmlTplNode* node
+    while True:
+        if c < 0:
+            if level == 0:
+                return -1
+            level -= 1  # no sibling left here: the next one a level up
+            c = t.node[taken[level]].sibling
+            continue
+        node = &t.node[c]
+        i = run_b[level - 1] if level else start
+        # Siblings differ mostly in their last bytes, the start tag before a value:
+        # those first, then the rest, mostly hundreds of bytes, by memcmp
+        if node.seg_len <= n - i and (node.seg_len < 8 or sg_load8(p + i + node.seg_len - 8) == node.tail) \
+                and memcmp(p + i, t.text + node.seg, node.seg_len) == 0 and (
+                not node.last or node.seg_len == n - i):
+            if node.last:
+                return c
+            i += node.seg_len
+            k = sg_xml_scan(p, i, n, 60, 60)
+            if k >= 0 and k < n and node.child >= 0:
+                run_a[level] = i
+                run_b[level] = k
+                taken[level] = c
+                level += 1
+                c = node.child
+                continue
+        c = node.sibling
+
+
+cdef inline int _xml_run_of(const Py_ssize_t* run_a, const Py_ssize_t* run_b, int nrun,
+                            Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """The number of the run that is p[a:b] exactly; -1: none, or a < 0 (no span)."""
+    cdef int k
+    if a >= 0:
+        for k in range(nrun):
+            if run_a[k] == a:
+                return k if run_b[k] == b else -1
+    return -1
+
+
+cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
+                        Py_ssize_t length, bint last) noexcept nogil:
+    """The node after parent whose segment is seg[:length] (and last as given), added
+    if there is none; the caller has checked there is room for it."""
+    cdef int c = t.node[parent].child
+    cdef XmlTplNode* node
+    while c >= 0:
+        node = &t.node[c]
+        if node.seg_len == length and node.last == last and sg_eq(seg, t.text + node.seg, length):
+            return c
+        c = node.sibling
+    c = t.nodes
+    t.nodes += 1
+    node = &t.node[c]
+    memset(node, -1, sizeof(XmlTplNode))
+    node.seg = t.used
+    node.seg_len = <int> length
+    node.tail = sg_load8(seg + length - 8) if length >= 8 else 0
+    node.last = last
+    memcpy(t.text + t.used, seg, length)
+    t.used += <int> length
+    node.sibling = t.node[parent].child
+    t.node[parent].child = c
+    return c
+
+
+cdef void _xml_tpl_keep(XmlTemplates* t, unsigned long long gen, const unsigned char* p,
+                        Py_ssize_t i, Py_ssize_t n, const Py_ssize_t* run_a,
+                        const Py_ssize_t* run_b, int nrun, XmlTplNode* read) noexcept nogil:
+    """Keep the markup of the document p[:n], read from i (the kept prologue's end)
+    with its character data in the nrun runs run_a[k]:run_b[k], and read's header
+    values and body elements (as the numbers of those runs).
+
+    A run that one of them is, or that holds more than whitespace, is left to vary:
+    the markup between such runs makes the path's segments."""
+    cdef signed char[XML_TPL_RUNS] number  # a varying run's number among them; -1: in a segment
+    cdef int k, nvary = 0, parent = 0
+    cdef Py_ssize_t a, e
+    cdef XmlTplNode* node
+    memset(number, -1, sizeof(number))
+    number[read.mke] = number[read.ori] = 1
+    if read.ctl >= 0:
+        number[read.ctl] = 1
+    for k in range(read.ndst):
+        number[read.dst[k]] = 1
+    for k in range(4):
+        if read.el[k] >= 0:
+            number[read.el[k]] = 1
+    for k in range(nrun):
+        if number[k] < 0:
+            a = run_a[k]
+            while a < run_b[k] and _ws(p[a]):
+                a += 1
+            if a == run_b[k]:
+                continue
+        number[k] = nvary
+        nvary += 1
+    if nvary + 1 >= XML_TPL_NODES or n - i > XML_TPL_BYTES:
+        return
+    if t.gen != gen or t.nodes + nvary + 1 > XML_TPL_NODES or t.used + (n - i) > XML_TPL_BYTES:
+        t.gen = gen  # another prologue's, or full: start again
+        t.nodes = 1
+        t.used = 0
+        t.node[0].child = -1
+    a = i
+    for k in range(nrun + 1):
+        if k < nrun and number[k] < 0:
+            continue
+        e = run_a[k] if k < nrun else n
+        parent = _xml_tpl_child(t, parent, p + a, e - a, k == nrun)
+        if k < nrun:
+            a = run_b[k]
+    node = &t.node[parent]
+    node.mke = number[read.mke]
+    node.ori = number[read.ori]
+    node.ctl = number[read.ctl] if read.ctl >= 0 else -1
+    node.ndst = read.ndst
+    for k in range(read.ndst):
+        node.dst[k] = number[read.dst[k]]
+    for k in range(4):
+        node.el[k] = number[read.el[k]] if read.el[k] >= 0 else -1
+
+
 cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
                     Fields* out) noexcept nogil:
     """Read a simple XML payload into out, exactly as the reference would: READ,
@@ -2076,6 +2254,13 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
     cdef bint kept_tag
     cdef XmlTag* tag
     cdef Py_ssize_t limit, tag_len = 0
+    cdef Py_ssize_t[XML_TPL_RUNS] run_a  # the character data read after the kept prologue
+    cdef Py_ssize_t[XML_TPL_RUNS] run_b
+    cdef Py_ssize_t run_start
+    cdef int nrun = 0, hit = -1
+    cdef bint keep = False  # whether to keep this document's markup (names.tpl)
+    cdef XmlTplNode read
+    cdef const XmlTplNode* path
     if n == 0 or p[0] != 60 or names.count < 0:
         return False
     for f in range(4):
@@ -2098,6 +2283,32 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         root_seen = True
         i = names.prologue_len
         in_prologue_scope = True
+        if names.tpl != NULL:
+            keep = True
+            if names.tpl.gen == names.tag_gen:
+                hit = _xml_tpl_match(names.tpl, p, i, n, run_a, run_b)
+            if hit >= 0:
+                # The markup of a document read before, byte for byte, in the same
+                # state, and character data between it that reads as any would: read
+                # as that one was, the header values and body elements its runs.
+                names.tpl.hits += 1
+                path = &names.tpl.node[hit]
+                mke_a, mke_b = run_a[path.mke], run_b[path.mke]
+                ori_a, ori_b = run_a[path.ori], run_b[path.ori]
+                _hint_ori(out, p, ori_a, ori_b)
+                if path.ctl >= 0:
+                    ctl_a, ctl_b = run_a[path.ctl], run_b[path.ctl]
+                ndst = path.ndst
+                for f in range(ndst):
+                    dst_a[f] = run_a[path.dst[f]]
+                    dst_b[f] = run_b[path.dst[f]]
+                    _hint_party(out, p, dst_a[f], dst_b[f])
+                for f in range(4):
+                    if path.el[f] >= 0:
+                        el_a[f] = run_a[path.el[f]]
+                        el_b[f] = run_b[path.el[f]]
+                depth = 0
+                keep = False
     elif n >= 5 and memcmp(p, b"<?xml", 5) == 0:
         if n >= 21 and memcmp(p, b'<?xml version="1.0"?>', 21) == 0:
             i = 21
@@ -2107,7 +2318,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         else:
             return False
     text_b = -1  # where the character data after a start tag ends, once scanned
-    while True:
+    while hit < 0:
         # between markup
         if depth == 0:
             while i < n and _ws(p[i]):
@@ -2117,6 +2328,7 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
             if p[i] != 60:
                 return False  # text outside the root
         else:
+            run_start = i
             if text_b >= 0:
                 i = text_b  # the character data after a start tag: scanned already
             else:
@@ -2125,6 +2337,13 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
                     return False
             if i == n:
                 return REJECTED  # cut off inside an element: not well-formed
+            if keep:
+                if nrun == XML_TPL_RUNS:
+                    keep = False
+                else:
+                    run_a[nrun] = run_start
+                    run_b[nrun] = i
+                    nrun += 1
         text_b = -1
         # p[i] == '<'
         if i + 1 >= n:
@@ -2300,6 +2519,8 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         root_seen = True
         if self_closing:
             text_b = -1
+            if known != NULL and (known.header > XH_HEADER or known.fields):
+                keep = False  # its value is empty, not the run after it
             while nns > 0 and ns_depth[nns - 1] > depth:
                 nns -= 1
             if header_open and depth == header_depth:
@@ -2326,6 +2547,23 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         i = j
     if not root_seen or depth != 0 or mke_a < 0 or ori_a < 0 or ndst == 0:
         return False
+    if keep:
+        # which runs the header values and body elements were, as the next document
+        # with this markup takes them
+        read.mke = _xml_run_of(run_a, run_b, nrun, mke_a, mke_b)
+        read.ori = _xml_run_of(run_a, run_b, nrun, ori_a, ori_b)
+        read.ctl = _xml_run_of(run_a, run_b, nrun, ctl_a, ctl_b)
+        keep = read.mke >= 0 and read.ori >= 0 and (ctl_a < 0 or read.ctl >= 0)
+        read.ndst = ndst
+        for f in range(ndst):
+            read.dst[f] = _xml_run_of(run_a, run_b, nrun, dst_a[f], dst_b[f])
+            keep = keep and read.dst[f] >= 0
+        for f in range(4):
+            read.el[f] = _xml_run_of(run_a, run_b, nrun, el_a[f], el_b[f])
+            keep = keep and (el_a[f] < 0 or read.el[f] >= 0)
+        if keep:
+            _xml_tpl_keep(names.tpl, names.tag_gen, p, names.prologue_len, n, run_a, run_b,
+                          nrun, &read)
     # the header's values, stripped and checked as the reference checks them
     mke_a = _strip_a(p, mke_a, mke_b)
     mke_b = _strip_b(p, mke_a, mke_b)
