@@ -1328,7 +1328,10 @@ cdef class Matcher:
     cdef readonly bint deny_reply
     cdef readonly object xml_fields
     cdef readonly tuple xml_names  # the body element names, as bytes, for the fast path
-    cdef XmlNames xml_c
+    # One for each direction (DIR_IN, DIR_OUT): queries from Nlets and the switch's
+    # responses may begin with different prologues, and one kept for both would be
+    # replaced at every turn, with the start tags and markup kept in its scope.
+    cdef XmlNames xml_c[2]
     cdef Py_ssize_t n_rules, n_words
     cdef list rules, rule_ids, group_entries
     cdef int default_action
@@ -1398,11 +1401,12 @@ cdef class Matcher:
         self.deny_reply = policy.deny_reply
         self.xml_fields = policy.xml
         self.xml_names = xml_body_names(policy.xml)
-        free(self.xml_c.tpl)
-        _xml_names_c(self.xml_names, &self.xml_c)
-        self.xml_c.tpl = <XmlTemplates*> calloc(1, sizeof(XmlTemplates))
-        if self.xml_c.tpl == NULL:
-            raise MemoryError()
+        for i in range(2):
+            free(self.xml_c[i].tpl)
+            _xml_names_c(self.xml_names, &self.xml_c[i])
+            self.xml_c[i].tpl = <XmlTemplates*> calloc(1, sizeof(XmlTemplates))
+            if self.xml_c[i].tpl == NULL:
+                raise MemoryError()
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
@@ -1488,7 +1492,8 @@ cdef class Matcher:
         free(self.party_table)
         free(self.party_class)
         free(self.party_masks)
-        free(self.xml_c.tpl)
+        free(self.xml_c[DIR_IN].tpl)
+        free(self.xml_c[DIR_OUT].tpl)
 
     # ------------------------------------------------------------ building masks
 
@@ -1765,14 +1770,15 @@ cdef class Matcher:
             self.last_groups,
         )
 
-    @property
-    def xml_markup_kept(self):
-        """(documents read by their markup's path, segments kept, bytes kept): how the
-        XML fast path's kept markup (XmlTemplates) is doing, for tests and benchmarks."""
-        cdef const XmlTemplates* t = self.xml_c.tpl
+    def xml_markup_kept(self, str direction):
+        """(documents read by their markup's path, segments kept, bytes kept) in the
+        direction given ("in" or "out"): how the XML fast path's kept markup
+        (XmlTemplates) is doing, for tests and benchmarks."""
+        cdef const XmlNames* names = &self.xml_c[DIR_IN if direction == "in" else DIR_OUT]
+        cdef const XmlTemplates* t = names.tpl
         if t == NULL:
             return (0, 0, 0)
-        if t.gen != self.xml_c.tag_gen:
+        if t.gen != names.tag_gen:
             return (t.hits, 0, 0)
         return (t.hits, t.nodes - 1, t.used)
 
@@ -3123,7 +3129,7 @@ cdef class Engine:
                 if fmt == FMT_TEXT:
                     ok = _text_spans(p + a, b - a, &f)
                 elif fmt == FMT_XML:
-                    ok = _xml_spans(p + a, b - a, &m.xml_c, &f)
+                    ok = _xml_spans(p + a, b - a, &m.xml_c[self.dir_code], &f)
                 elif fmt == FMT_JSON:
                     ok = _json_spans(p + a, b - a, &f)
                 if ok == REJECTED:
