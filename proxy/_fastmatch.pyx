@@ -2193,8 +2193,8 @@ cdef void _xml_tpl_keep(XmlTemplates* t, unsigned long long gen, const unsigned 
                 continue
         number[k] = nvary
         nvary += 1
-    if nvary + 1 >= XML_TPL_NODES or n - i > XML_TPL_BYTES:
-        return
+    if n - i > XML_TPL_BYTES:
+        return  # more than the tree holds (its nvary + 1 segments always fit: XML_TPL_RUNS)
     if t.gen != gen or t.nodes + nvary + 1 > XML_TPL_NODES or t.used + (n - i) > XML_TPL_BYTES:
         t.gen = gen  # another prologue's, or full: start again
         t.nodes = 1
