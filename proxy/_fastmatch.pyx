@@ -700,6 +700,9 @@ DEF XML_TAG_MAX = 64                 # the longest start tag kept, '<' to '>'
 DEF XML_TPL_RUNS = 48                # character data runs a document may have to be kept
 DEF XML_TPL_NODES = 1024             # segments the kept documents' markup may take ...
 DEF XML_TPL_BYTES = 65536            # ... and bytes
+DEF XML_TPL_SIBLINGS = 16            # segments kept after any one: the most a document tries there
+DEF XML_TPL_PATIENCE = 64            # documents in a row not read by a path, and then ...
+DEF XML_TPL_REST = 4096              # ... documents read without trying the paths
 
 cdef enum:
     # what a local name is in the XML header (XmlName.header)
@@ -730,6 +733,7 @@ cdef struct XmlTplNode:              # a run of markup kept from documents read 
     uint64_t tail                    # its last eight bytes, if it has eight
     int child, sibling               # the segments read after it (-1: none), and the next
                                      # segment that may stand where it does (-1: none)
+    int children                     # how many segments are read after it
     bint last                        # the document ends with it; then the runs it read:
     signed char mke, ori, ctl, ndst  # which run (by its number among those of its
     signed char dst[5]               # document) each header value was, -1: none
@@ -743,6 +747,8 @@ cdef struct XmlTemplates:
     int nodes                        # used; node 0 is the prologue's end, with no bytes
     int used                         # bytes of text used
     unsigned long long hits          # documents read by a path (Matcher.xml_markup_kept)
+    int misses                       # documents since the last read by a path
+    int resting                      # documents still to read without trying (XML_TPL_REST)
     XmlTplNode node[XML_TPL_NODES]
     unsigned char text[XML_TPL_BYTES]
 
@@ -2139,7 +2145,8 @@ cdef inline int _xml_run_of(const Py_ssize_t* run_a, const Py_ssize_t* run_b, in
 cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
                         Py_ssize_t length, bint last) noexcept nogil:
     """The node after parent whose segment is seg[:length] (and last as given), added
-    if there is none; the caller has checked there is room for it."""
+    if there is none and parent has fewer than XML_TPL_SIBLINGS; -1 if it has that
+    many.  The caller has checked there is room in the tree."""
     cdef int c = t.node[parent].child
     cdef XmlTplNode* node
     while c >= 0:
@@ -2147,10 +2154,13 @@ cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
         if node.seg_len == length and node.last == last and sg_eq(seg, t.text + node.seg, length):
             return c
         c = node.sibling
+    if t.node[parent].children == XML_TPL_SIBLINGS:
+        return -1
     c = t.nodes
     t.nodes += 1
     node = &t.node[c]
     memset(node, -1, sizeof(XmlTplNode))
+    node.children = 0
     node.seg = t.used
     node.seg_len = <int> length
     node.tail = sg_load8(seg + length - 8) if length >= 8 else 0
@@ -2159,6 +2169,7 @@ cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
     t.used += <int> length
     node.sibling = t.node[parent].child
     t.node[parent].child = c
+    t.node[parent].children += 1
     return c
 
 
@@ -2200,12 +2211,19 @@ cdef void _xml_tpl_keep(XmlTemplates* t, unsigned long long gen, const unsigned 
         t.nodes = 1
         t.used = 0
         t.node[0].child = -1
+        t.node[0].children = 0
     a = i
     for k in range(nrun + 1):
         if k < nrun and number[k] < 0:
             continue
         e = run_a[k] if k < nrun else n
         parent = _xml_tpl_child(t, parent, p + a, e - a, k == nrun)
+        if parent < 0:
+            # Markup that differs from every kept segment's here, where there are
+            # already as many as a document may try (an attribute that counts, say):
+            # not kept.  Nothing is added before the first new segment, so nothing
+            # is left half kept.
+            return
         if k < nrun:
             a = run_b[k]
     node = &t.node[parent]
@@ -2289,11 +2307,22 @@ cdef int _xml_spans(const unsigned char* p, Py_ssize_t n, XmlNames* names,
         root_seen = True
         i = names.prologue_len
         in_prologue_scope = True
-        if names.tpl != NULL:
+        if names.tpl != NULL and names.tpl.resting:
+            names.tpl.resting -= 1
+        elif names.tpl != NULL:
             keep = True
             if names.tpl.gen == names.tag_gen:
                 hit = _xml_tpl_match(names.tpl, p, i, n, run_a, run_b)
-            if hit >= 0:
+            if hit < 0:
+                # A switch whose markup never repeats (an attribute that counts, say)
+                # would pay for trying and keeping on every document: after
+                # XML_TPL_PATIENCE in a row, the next XML_TPL_REST are only read
+                names.tpl.misses += 1
+                if names.tpl.misses == XML_TPL_PATIENCE:
+                    names.tpl.misses = 0
+                    names.tpl.resting = XML_TPL_REST
+            else:
+                names.tpl.misses = 0
                 # The markup of a document read before, byte for byte, in the same
                 # state, and character data between it that reads as any would: read
                 # as that one was, the header values and body elements its runs.

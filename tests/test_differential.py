@@ -293,23 +293,58 @@ def test_xml_markup_kept_changes_no_answer_on_mutated_documents():
         assert size <= 65536
 
 
-def test_xml_markup_kept_is_bounded_and_starts_again_when_full():
-    """Documents whose markup is new each time (an attribute that counts) fill the
-    kept markup's bytes; it starts again, and every document is still decided as the
-    reference engine decides it, a repeated one read by its path again."""
-    def doc(i: int) -> bytes:
-        return _xml_doc('xmlns:nh2="urn:nh"').replace(b"<n2:NLETSInquiryData>",
-                                                      b'<n2:NLETSInquiryData n="%d">' % i)
+def _counted_doc(*counts: int) -> bytes:
+    """_xml_doc with an attribute on each of the first len(counts) header elements,
+    whose value is that count: markup that differs from document to document."""
+    doc = _xml_doc('xmlns:nh2="urn:nh"')
+    for name, count in zip((b"MessageKeyCodeText", b"OriginatingORIID", b"DestinationORIID"), counts):
+        doc = doc.replace(b"<nh2:%s>" % name, b'<nh2:%s n="%d">' % (name, count), 1)
+    return doc
 
+
+def test_xml_markup_kept_is_bounded_and_starts_again_when_full():
+    """Documents with new markup, each after one whose markup repeats, fill the kept
+    markup: more segments than it holds (16 first attributes, 16 second ones under
+    each, and a third that is new every time, two segments more each).  It never holds more than 1,024 segments or 64 KiB, it starts
+    again when full, the repeated document is read by its path throughout, and every
+    document is decided as the reference engine decides it."""
     matcher = Matcher(compile_policy(parse_config(random_policy_text(random.Random(8)))))
-    payloads = [doc(i) for i in range(1000)]  # some 140 bytes of new markup each
-    _one_document_at_a_time(payloads + payloads[-50:], matcher)
-    for direction in ("in", "out"):
-        hits, segments, size = matcher.xml_markup_kept(direction)
-        # 1,050 documents, two new segments each: what is kept is what came since the
-        # last start, the last fifty among it, each read by its path the second time
-        assert 0 < size <= 65536 and segments < 400
-        assert hits >= 50
+    engines = _engine_pair("in")
+    repeated = _counted_doc()
+    last = starts = 0
+    for i in range(1200):
+        for p in (_counted_doc(i % 16, i // 16 % 16, i), repeated):
+            _as_the_reference_decides(engines, matcher, p)
+        hits, segments, size = matcher.xml_markup_kept("in")
+        assert segments <= 1024 and size <= 65536
+        starts += segments < last
+        last = segments
+    assert starts >= 1
+    # the repeated one, all but its first two times and once after each start again
+    assert hits >= 1200 - 2 - starts
+
+
+def test_xml_markup_kept_tries_few_where_markup_never_repeats():
+    """Where documents differ from every kept one at the same place (an attribute that
+    counts), at most 16 are kept there, so a document tries at most 16; and after 64
+    in a row that no path reads, the next ones are read without trying the paths
+    (none of them is read by a path), as a switch whose markup never repeats would
+    otherwise pay for trying and keeping on every document.  Every document is
+    decided as the reference engine decides it."""
+    matcher = Matcher(compile_policy(parse_config(random_policy_text(random.Random(8)))))
+    engines = _engine_pair("in")
+    repeated = _counted_doc()
+    for i in range(100):  # new markup at the same place, each after the repeated one
+        _as_the_reference_decides(engines, matcher, _counted_doc(i))
+        _as_the_reference_decides(engines, matcher, repeated)
+    hits, segments, _ = matcher.xml_markup_kept("in")
+    assert hits >= 100 - 2
+    assert segments <= 16 * 5  # 16 paths under the root, the repeated one's among them, of five segments
+    for i in range(100, 200):  # new markup, 100 in a row
+        _as_the_reference_decides(engines, matcher, _counted_doc(i))
+    for _ in range(50):
+        _as_the_reference_decides(engines, matcher, repeated)
+    assert matcher.xml_markup_kept("in")[0] == hits  # resting: not tried
 
 
 def test_xml_markup_kept_for_each_direction_apart():
