@@ -15,7 +15,7 @@ plain-Python twin is :func:`proxy._policy.decide`; the tests require the two to 
 """
 
 cimport cython
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport abort, calloc, malloc, free, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.time cimport gmtime_r, strftime, time_t, tm
@@ -267,6 +267,47 @@ cdef extern from *:
         r = (w << 6) + __builtin_ctzll(x);
         return r < limit ? r : limit;
     }
+    /* The set bits of a mask in order, from a start to a limit, where the next is
+       always wanted after the last: the header line's periods.  Each step costs a
+       test, a count and a clear of the lowest bit, where sg_next_bit from the last
+       position finds the word and masks it again every time. */
+    typedef struct {
+        const uint64_t* m;
+        Py_ssize_t w, last, limit;
+        uint64_t x;
+    } SgWalk;
+    static inline __attribute__((always_inline)) void sg_walk_start(SgWalk* k, const uint64_t* m,
+                                                                    Py_ssize_t i, Py_ssize_t limit) {
+        k->m = m;
+        k->limit = limit;
+        if (i >= limit) {
+            k->w = k->last = 0;
+            k->x = 0;
+            return;
+        }
+        k->w = i >> 6;
+        k->last = (limit - 1) >> 6;
+        k->x = m[k->w] & (~0ULL << (i & 63));
+    }
+    /* The next set bit of the walk's mask before its limit; the limit if none (and
+       at every step after). */
+    static inline __attribute__((always_inline)) Py_ssize_t sg_walk_next(SgWalk* k) {
+        Py_ssize_t r;
+        while (!k->x) {
+            if (k->w >= k->last)
+                return k->limit;
+            k->x = k->m[++k->w];
+        }
+        r = (k->w << 6) + __builtin_ctzll(k->x);
+        k->x &= k->x - 1;
+        return r < k->limit ? r : k->limit;
+    }
+    /* Four bytes as one word, in memory order. */
+    static inline uint32_t sg_load4(const unsigned char* p) {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        return x;
+    }
     /* Eight bytes as one word, in memory order (byte 0 lowest on little-endian). */
     static inline uint64_t sg_load8(const unsigned char* p) {
         uint64_t x;
@@ -500,6 +541,11 @@ cdef extern from *:
     int sg_simd_init(int want_wide) noexcept nogil
     int sg_wide
     Py_ssize_t sg_next_bit(const uint64_t* m, Py_ssize_t i, Py_ssize_t limit) noexcept nogil
+    ctypedef struct SgWalk:
+        pass
+    void sg_walk_start(SgWalk* k, const uint64_t* m, Py_ssize_t i, Py_ssize_t limit) noexcept nogil
+    Py_ssize_t sg_walk_next(SgWalk* k) noexcept nogil
+    uint32_t sg_load4(const unsigned char* p) noexcept nogil
     uint64_t sg_load8(const unsigned char* p) noexcept nogil
     bint sg_alnum8(uint64_t x) noexcept nogil
     uint64_t sg_pack6(uint64_t x) noexcept nogil
@@ -1806,16 +1852,16 @@ cdef uint64_t* _alloc(Py_ssize_t words) except NULL:
 DEF TEXT_STACK_WORDS = 32      # the text masks of payloads up to 2 KiB live on the stack
 
 
-cdef inline Py_ssize_t _destinations(const unsigned char* p, const uint64_t* stop, Py_ssize_t a,
+cdef inline Py_ssize_t _destinations(const unsigned char* p, SgWalk* stops, Py_ssize_t a,
                               Py_ssize_t b, Fields* f, Py_ssize_t* ctl_a,
                               Py_ssize_t* ctl_b) noexcept nogil:
     """The reference's _split_destinations over the segments of p[a:b], one line:
-    destinations (added to f's) and control field up to the TXT marker.  Returns
-    where the rest after ``TXT`` starts; -1 when there is no marker or the reference
-    would reject (decline)."""
+    destinations (added to f's) and control field up to the TXT marker.  ``stops``
+    walks the line's periods from a on, to b.  Returns where the rest after ``TXT``
+    starts; -1 when there is no marker or the reference would reject (decline)."""
     cdef Py_ssize_t i, seg_a = a
     while True:
-        i = sg_next_bit(stop, seg_a, b)  # in a line, every stop is a '.'
+        i = sg_walk_next(stops)  # in a line, every stop is a '.'
         if i - seg_a >= 3 and p[seg_a] == 84 and p[seg_a + 1] == 88 and p[seg_a + 2] == 84 \
                 and not _is_dst(p, seg_a, i):  # the TXT marker
             return seg_a + 3
@@ -1898,6 +1944,8 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     cdef Py_ssize_t w, words
     cdef uint64_t bits
     cdef bint output_form
+    cdef SgWalk stops
+    cdef uint32_t tag
     # Only printable ASCII, LF, and CR before LF or at the end.
     i = sg_next_bit(bad, 0, n)
     while i < n:
@@ -1911,10 +1959,11 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
         return DECLINED
     le = _line(p, lf, n, start, &start, &end)
     # In plain ASCII this first line is the reference's, which checks MKE.ORI first.
-    dot1 = sg_next_bit(stop, start, end)
+    sg_walk_start(&stops, stop, start, end)
+    dot1 = sg_walk_next(&stops)
     if dot1 == end:
         return REJECTED  # not MKE.ORI
-    dot2 = sg_next_bit(stop, dot1 + 1, end)
+    dot2 = sg_walk_next(&stops)
     f.mke_a, f.mke_b = start, dot1
     f.ori_a, f.ori_b = dot1 + 1, dot2
     # The reference's choice: the input form has a third segment, and a non-empty one
@@ -1926,7 +1975,7 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
     _hint_ori(f, p, f.ori_a, f.ori_b)
     f.ndst = 0
     if not output_form:
-        body = _destinations(p, stop, dot2 + 1, end, f, &ctl_a, &ctl_b)
+        body = _destinations(p, &stops, dot2 + 1, end, f, &ctl_a, &ctl_b)  # the walk goes on
         if body < 0:
             return DECLINED
     else:
@@ -1971,7 +2020,8 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
                 if star < tb:
                     cta, ctb = star + 1, tb
         clock_ndst = f.ndst
-        body = _destinations(p, stop, l3a, l3b, f, &ctl_a, &ctl_b)
+        sg_walk_start(&stops, stop, l3a, l3b)
+        body = _destinations(p, &stops, l3a, l3b, f, &ctl_a, &ctl_b)
         if body < 0:
             return DECLINED
         if clock_ndst > 0 and f.ndst > clock_ndst:
@@ -2005,14 +2055,15 @@ cdef int _text_read(const unsigned char* p, Py_ssize_t n, const uint64_t* lf,
         i = (w << 6) + sg_ctz64(bits)  # the next slash
         bits &= bits - 1
         k = i - 3
-        if p[k] == 80 and p[k + 1] == 85 and p[k + 2] == 82:
-            which = 0  # PUR
-        elif p[k] == 82 and p[k + 1] == 83 and p[k + 2] == 78:
-            which = 1  # RSN
-        elif p[k] == 65 and p[k + 1] == 84 and p[k + 2] == 78:
-            which = 2  # ATN
-        elif p[k] == 73 and p[k + 1] == 77 and p[k + 2] == 81:
-            which = 3  # IMQ
+        tag = sg_load4(p + k)  # the three letters and the slash, as one word
+        if tag == sg_load4(<const unsigned char*> b"PUR/"):
+            which = 0
+        elif tag == sg_load4(<const unsigned char*> b"RSN/"):
+            which = 1
+        elif tag == sg_load4(<const unsigned char*> b"ATN/"):
+            which = 2
+        elif tag == sg_load4(<const unsigned char*> b"IMQ/"):
+            which = 3
         else:
             which = -1
         if which >= 0 and el_a[which] < 0:
