@@ -1413,6 +1413,11 @@ cdef class Matcher:
     cdef list group_sets          # distinct (groups, groups as JSON), few in any policy
     cdef dict group_set_index
     cdef int party_count
+    # the last destination looked up and its destination mask word (up to 64 rules):
+    # nearly every message names the same one, the state's own code.  The word is the
+    # policy's answer for that party, not its class's number, so it stays right when
+    # the party table is emptied.  Key 0: none (a packed party is never 0).
+    cdef uint64_t dst_last_key, dst_last_mask
     # log-line pieces, JSON-encoded once: rule ids and more
     cdef readonly list rule_json
     cdef readonly object reply_writer  # the policy's ER replies: XML ones, and these pieces
@@ -1531,6 +1536,7 @@ cdef class Matcher:
         self.group_set_index = {}
         self.class_index = {}
         self.party_count = 0
+        self.dst_last_key = 0
 
     def __dealloc__(self):
         free(self.acc)
@@ -1764,12 +1770,18 @@ cdef class Matcher:
         """Decide what a fast path read (its ORI and destinations checked); sets
         last_party too."""
         cdef int i, agency
-        cdef uint64_t dst
+        cdef uint64_t dst, key, m
         if self.n_words == 1:
             dst = self.dst_free[0]
             for i in range(f.ndst):
-                dst |= self.party_masks[self._party_at(_party_packed(p, f.dst_a[i], f.dst_b[i]), p,
-                                                       f.dst_a[i], f.dst_b[i]) * self.party_stride + 1]
+                key = _party_packed(p, f.dst_a[i], f.dst_b[i])
+                if key == self.dst_last_key:
+                    dst |= self.dst_last_mask
+                else:
+                    m = self.party_masks[self._party_at(key, p, f.dst_a[i], f.dst_b[i]) * self.party_stride + 1]
+                    self.dst_last_key = key
+                    self.dst_last_mask = m
+                    dst |= m
             self.dst_acc[0] = dst
         else:
             self._dst_start()

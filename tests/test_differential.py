@@ -494,6 +494,43 @@ def test_engine_agrees_when_parties_fall_into_more_classes_than_a_table_word_hol
         assert {"r0", "r1", "r1100", "r1199"} <= rules_hit  # classes on both sides of 1,022
 
 
+def test_engine_agrees_on_destinations_across_the_party_table_emptied():
+    """The compiled engine keeps the last destination's answer beside the party table
+    (nearly every message names the state's own code), and empties that table when it
+    holds CACHE_LIMIT (65,536) parties.  70,000 messages to the state's code from as
+    many new ORIs: the code is the first party entered and the 65,536th ORI empties
+    the table, after which the code's class number stands for that ORI.  Then 10,000
+    to the state's code, another state's, or a new 9-character ORI that a rule's
+    pattern names, alternating and in runs.  Every log line is the reference
+    engine's."""
+    from proxy._framing import frame
+    from proxy._traffic import render
+
+    policy = compile_policy(parse_config(
+        '[policy]\nstate = "CA"\nlocal_ori = "CA0000000"\n'
+        '[[rules]]\nid = "to-nevada"\naction = "deny"\ndst = ["NV*"]\n'
+        '[[rules]]\nid = "to-utah-dmv"\naction = "deny"\ndst = ["UT"]\nmke = ["@dmv"]\n'
+        '[[rules]]\nid = "home-chri"\naction = "deny"\ndst = ["CA"]\nmke = ["@chri"]\n'))  # fmt: skip
+    matcher = Matcher(policy)
+    fast, ref = _engine_pair("in")
+    rng = random.Random(5)
+    payloads = []
+    for i in range(80_000):
+        k = 0 if i < 70_000 else i % 7 if i % 1000 < 500 else (i // 50) % 7  # alternating, then in runs
+        dst = (["CA"], ["UT"], ["NV"], [f"NV{i:07d}"], ["CA", "UT"], ["UT", "CA"], [f"CA{i:07d}"])[k]
+        payloads.append(render(("text", "xml", "json")[i % 3], ("DQ", "IQ")[i % 2], f"AZ{i:07d}",
+                               dst, None, None, None, None, False, {}, rng=rng))  # fmt: skip
+    stream = b"".join(frame(p, "len32") for p in payloads)
+    rules = set()
+    for at in range(0, len(stream), 1 << 20):  # chunks cut through messages too
+        a = fast.feed(stream[at:at + (1 << 20)], matcher, "T")
+        b = ref.feed(stream[at:at + (1 << 20)], policy, "T")
+        assert a.lines == b.lines
+        assert a.forward == b.forward
+        rules |= {r.rule for r in b.records}
+    assert rules == {"to-nevada", "to-utah-dmv", "home-chri", "default"}
+
+
 def _xml_doc(root_attrs: str, prefix: str = "nh2", ori: str = "AZ0070000", rest: str | None = None) -> bytes:
     """A NIEM-like document whose root declares n2 and root_attrs, its header
     elements in prefix's namespace."""
