@@ -1655,7 +1655,7 @@ cdef class Matcher:
         looked up at random, and each a cache line away.  With the year's 18,012 ORIs
         the table is 256 KiB at most three quarters full, 512 KiB at most half, and
         `bench/ab.py --decide --one-process` put the first at x0.977 to x0.992 of the
-        second and a quarter full at x1.075 (bench/README, "the party table's size")."""
+        second and a quarter full at x1.075 (bench/README, "the party table smaller")."""
         cdef uint64_t* old = self.party_table
         cdef int* old_class = self.party_class
         cdef Py_ssize_t i, n = <Py_ssize_t> 1 << self.party_bits
