@@ -498,11 +498,13 @@ def test_engine_agrees_on_destinations_across_the_party_table_emptied():
     """The compiled engine keeps the last destination's answer beside the party table
     (nearly every message names the state's own code), and empties that table when it
     holds CACHE_LIMIT (65,536) parties.  70,000 messages to the state's code from as
-    many new ORIs: the code is the first party entered and the 65,536th ORI empties
-    the table, after which the code's class number stands for that ORI.  Then 10,000
-    to the state's code, another state's, or a new 9-character ORI that a rule's
-    pattern names, alternating and in runs.  Every log line is the reference
-    engine's."""
+    many new ORIs (a rule names them all, so the sieve lets each into the table): the
+    code is the first party entered and the 65,536th ORI empties the table, after
+    which the code's class number stands for that ORI's.  Then 10,000 to the state's
+    code, another state's, or a new 9-character ORI that a rule's pattern names,
+    alternating and in runs, and photo requests from AZ and from Texas: a Texas ORI,
+    which no entry matches, is decided as nobody, whose class is made again when the
+    table is emptied.  Every log line is the reference engine's."""
     from proxy._framing import frame
     from proxy._traffic import render
 
@@ -510,7 +512,8 @@ def test_engine_agrees_on_destinations_across_the_party_table_emptied():
         '[policy]\nstate = "CA"\nlocal_ori = "CA0000000"\n'
         '[[rules]]\nid = "to-nevada"\naction = "deny"\ndst = ["NV*"]\n'
         '[[rules]]\nid = "to-utah-dmv"\naction = "deny"\ndst = ["UT"]\nmke = ["@dmv"]\n'
-        '[[rules]]\nid = "home-chri"\naction = "deny"\ndst = ["CA"]\nmke = ["@chri"]\n'))  # fmt: skip
+        '[[rules]]\nid = "home-chri"\naction = "deny"\ndst = ["CA"]\nmke = ["@chri"]\n'
+        '[[rules]]\nid = "az-photos"\naction = "deny"\nagency = ["AZ*"]\nphoto = true\n'))  # fmt: skip
     matcher = Matcher(policy)
     fast, ref = _engine_pair("in")
     rng = random.Random(5)
@@ -518,8 +521,11 @@ def test_engine_agrees_on_destinations_across_the_party_table_emptied():
     for i in range(80_000):
         k = 0 if i < 70_000 else i % 7 if i % 1000 < 500 else (i // 50) % 7  # alternating, then in runs
         dst = (["CA"], ["UT"], ["NV"], [f"NV{i:07d}"], ["CA", "UT"], ["UT", "CA"], [f"CA{i:07d}"])[k]
-        payloads.append(render(("text", "xml", "json")[i % 3], ("DQ", "IQ")[i % 2], f"AZ{i:07d}",
-                               dst, None, None, None, None, False, {}, rng=rng))  # fmt: skip
+        # then photo requests too, from AZ and from Texas, which no rule names
+        ori = f"TX{i:07d}" if i >= 70_000 and i % 8 == 1 else f"AZ{i:07d}"
+        photo = i >= 70_000 and i % 4 == 1
+        payloads.append(render(("text", "xml", "json")[i % 3], ("DQ", "IQ")[i % 2], ori,
+                               dst, None, None, None, None, photo, {}, rng=rng))  # fmt: skip
     stream = b"".join(frame(p, "len32") for p in payloads)
     rules = set()
     for at in range(0, len(stream), 1 << 20):  # chunks cut through messages too
@@ -528,7 +534,114 @@ def test_engine_agrees_on_destinations_across_the_party_table_emptied():
         assert a.lines == b.lines
         assert a.forward == b.forward
         rules |= {r.rule for r in b.records}
-    assert rules == {"to-nevada", "to-utah-dmv", "home-chri", "default"}
+    assert rules == {"to-nevada", "to-utah-dmv", "home-chri", "az-photos", "default"}
+    # emptied once: of the 80,000 AZ ORIs, the NV ones and the codes entered, what
+    # came after the 65,536th
+    assert 0 < matcher.party_count < 80_000 - 65_536 + 3_000, matcher.party_count
+
+
+def _packed(party: str) -> int:
+    return sum((ord(c) & 63) << (6 * i) for i, c in enumerate(party))
+
+
+def _near_miss(rng: random.Random, entries: list[str]) -> str:
+    """A party of 1 to 9 characters of A-Z 0-9: random, or an entry with its wildcards
+    filled, often then with a character changed or the length off by one."""
+    alphabet = "AB09CIZ"
+    if not entries or rng.random() < 0.2:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9)))
+    e = rng.choice(entries)
+    body = e[:-1] if e.endswith("*") else e
+    party = [rng.choice(alphabet) if c == "?" else c for c in body]
+    if e.endswith("*"):
+        party += [rng.choice(alphabet) for _ in range(rng.randint(0, 3))]
+    r = rng.random()
+    if party and r < 0.3:
+        party[rng.randrange(len(party))] = rng.choice(alphabet)
+    elif r < 0.45:
+        party.append(rng.choice(alphabet))
+    elif party and r < 0.6:
+        party.pop()
+    party = "".join(c if c.isascii() and c.isalnum() and not c.islower() else "A" for c in party)
+    return party[:9] or "A"
+
+
+def _random_entry(rng: random.Random, valid: bool) -> str:
+    """An ORI entry: 2 or 9 characters of A-Z 0-9 and '?', or up to 8 and a '*'; when
+    not valid (a Policy made by hand), also other lengths and characters."""
+    chars = "AB09CI?" + ("" if valid else "a-?*")
+    if valid:
+        n = rng.choice([2, 9, rng.randint(0, 8)])
+        star = n not in (2, 9) or rng.random() < 0.2
+        n = min(n, 8) if star else n
+    else:
+        n, star = rng.randint(0, 11), rng.random() < 0.4
+    return "".join(rng.choice(chars) for _ in range(n)) + ("*" if star else "")
+
+
+def test_sieve_lets_through_exactly_the_parties_an_entry_matches():
+    """The compiled matcher's sieve (which parties can match an entry of the policy at
+    all, so need the party table) is exact: a packed party of 1 to 9 characters
+    passes its tests when and only when pattern_match finds an entry for it.  On
+    random entries, valid and not, and near misses of them."""
+    from proxy._fastmatch import pattern_matches, sieve_entries
+
+    rng = random.Random(12)
+    hits = misses = 0
+    for trial in range(400):
+        entries = [_random_entry(rng, valid=trial % 2 == 0) for _ in range(rng.randint(0, 12))]
+        tests = sieve_entries(entries)
+        for _ in range(200):
+            party = _near_miss(rng, entries)
+            key = _packed(party)
+            passed = any(key & mask == k and lengths >> len(party) & 1 for mask, k, lengths in tests)
+            matched = any(pattern_matches(e, party) for e in entries)
+            assert passed == matched, (entries, party)
+            hits += matched
+            misses += not matched
+    assert hits > 10_000 and misses > 10_000  # both sides really tried
+
+
+def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
+    """Random policies with up to 12 distinct agency, destination and group entries (a
+    sieve) or more (none: every party through the table), and
+    parties that match an entry or nearly do, of every length, in both directions:
+    every decision, with its groups, is the twin's."""
+    from proxy._fastmatch import sieve_entries
+
+    rng = random.Random(13)
+    sizes = set()
+    for trial in range(60):
+        pool = [_random_entry(rng, valid=True) for _ in range(rng.choice([3, 8, 30]))]
+        pool = [e for e in pool if e] or ["CA"]
+        groups = [f"g{i}" for i in range(rng.randint(0, 3))]
+        lines = ['[policy]', 'state = "CA"', 'local_ori = "CA0000000"',
+                 f'default = "{rng.choice(["allow", "deny"])}"']  # fmt: skip
+        for g in groups:
+            lines += [f"[groups.{g}]", f"ori = {_toml_list(_pick(rng, pool, 1, 4))}"]
+        for i in range(rng.randint(1, 12)):
+            lines += ["[[rules]]", f'id = "r{i}"', f'action = "{rng.choice(["allow", "deny"])}"',
+                      f'direction = "{rng.choice(["in", "out", "any"])}"']  # fmt: skip
+            if rng.random() < 0.7:
+                lines.append(f"agency = {_toml_list(_pick(rng, pool + ['@' + g for g in groups], 1, 4))}")
+            if rng.random() < 0.4:
+                lines.append(f"dst = {_toml_list(_pick(rng, pool + ['@' + g for g in groups], 1, 3))}")
+            if rng.random() < 0.3:
+                lines.append(f"mke = {_toml_list(_pick(rng, KEYS))}")
+        policy = compile_policy(parse_config("\n".join(lines) + "\n"))
+        entries = sorted({e for r in policy.rules for x in (r.agency or (), r.dst or ()) for e in x
+                          if not e.startswith("@")} | {e for g in policy.groups for e in g.ori})
+        sizes.add(len(sieve_entries(entries)) > 12)
+        matcher = Matcher(policy)
+        for _ in range(600):
+            m = Message(fmt="text", mke=rng.choice(KEYS), ori=_near_miss(rng, entries),
+                        dst=tuple(_near_miss(rng, entries) for _ in range(rng.randint(1, 3))),
+                        ctl=None, pur=None, rsn=None, atn=None, imq=False)
+            for direction in ("in", "out"):
+                twin = decide(policy, m, direction)
+                assert matcher.decide(m, direction) == (twin.action, twin.rule, twin.shadow, twin.agency,
+                                                        twin.groups), (m, direction, policy)
+    assert sizes == {False, True}  # policies with a sieve and without
 
 
 def _xml_doc(root_attrs: str, prefix: str = "nh2", ori: str = "AZ0070000", rest: str | None = None) -> bytes:
