@@ -603,10 +603,10 @@ def test_sieve_lets_through_exactly_the_parties_an_entry_matches():
 
 
 def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
-    """Random policies with up to 12 distinct agency, destination and group entries (a
-    sieve) or more (none: every party through the table), and
-    parties that match an entry or nearly do, of every length, in both directions:
-    every decision, with its groups, is the twin's."""
+    """Random policies whose agency, destination and group entries make up to 12 sieve
+    tests (a sieve) or more (none: every party through the table), and parties that
+    match an entry or nearly do, of every length, in both directions: every decision,
+    with its groups, is the twin's."""
     from proxy._fastmatch import sieve_entries
 
     rng = random.Random(13)
