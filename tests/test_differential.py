@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+
 from proxy._config import parse_config
 from proxy._fastmatch import Engine, Matcher, fast_decode_text, fast_decode_xml
 from proxy._pipeline import ReferenceEngine, Sequencer
@@ -28,13 +30,15 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def random_policy_text(rng: random.Random) -> str:
+def random_policy_text(rng: random.Random, parties: list[str] | None = None) -> str:
+    """A random policy; its groups and rules name ORIs, codes and patterns from
+    ``parties`` if given, else from a fixed mix."""
     lines = ['[policy]', 'state = "CA"', 'local_ori = "CA0000000"',
              f'default = "{rng.choice(["allow", "deny"])}"',
              f'mode = "{rng.choice(["enforce", "monitor"])}"']  # fmt: skip
     groups = [f"g{i}" for i in range(rng.randint(0, 4))]
     for g in groups:
-        lines += [f"[groups.{g}]", f"ori = {_toml_list(_pick(rng, ORIS + PATTERNS + CODES2, 1, 4))}"]
+        lines += [f"[groups.{g}]", f"ori = {_toml_list(_pick(rng, parties or ORIS + PATTERNS + CODES2, 1, 4))}"]
     cats = ["dmv", "chri", "admin", "immigration"]
     if rng.random() < 0.5:
         lines += ["[categories]", f"boats = {_toml_list(['BQ', 'BR'])}"]
@@ -43,7 +47,7 @@ def random_policy_text(rng: random.Random) -> str:
         lines += ["[[rules]]", f'id = "r{i}"', f'action = "{rng.choice(["allow", "deny"])}"',
                   f'direction = "{rng.choice(["in", "out", "any"])}"']  # fmt: skip
         if rng.random() < 0.4:
-            lines.append(f"agency = {_toml_list(_pick(rng, ORIS + PATTERNS + ['@' + g for g in groups]))}")
+            lines.append(f"agency = {_toml_list(_pick(rng, (parties or ORIS + PATTERNS) + ['@' + g for g in groups]))}")
         if rng.random() < 0.4:
             lines.append(f"mke = {_toml_list(_pick(rng, KEYS + ['@' + c for c in cats]))}")
         if rng.random() < 0.2:
@@ -55,7 +59,8 @@ def random_policy_text(rng: random.Random) -> str:
         if rng.random() < 0.2:
             lines.append(f'attention = "{rng.choice(["missing", "present"])}"')
         if rng.random() < 0.2:
-            lines.append(f"dst = {_toml_list(_pick(rng, CODES2 + ORIS[:4] + ['N*'] + ['@' + g for g in groups]))}")
+            dsts = parties or CODES2 + ORIS[:4] + ["N*"]
+            lines.append(f"dst = {_toml_list(_pick(rng, dsts + ['@' + g for g in groups]))}")
         if rng.random() < 0.15:
             lines.append("shadow = true")
     return "\n".join(lines) + "\n"
@@ -614,29 +619,14 @@ def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
     for trial in range(60):
         pool = [_random_entry(rng, valid=True) for _ in range(rng.choice([3, 8, 30]))]
         pool = [e for e in pool if e] or ["CA"]
-        groups = [f"g{i}" for i in range(rng.randint(0, 3))]
-        lines = ['[policy]', 'state = "CA"', 'local_ori = "CA0000000"',
-                 f'default = "{rng.choice(["allow", "deny"])}"']  # fmt: skip
-        for g in groups:
-            lines += [f"[groups.{g}]", f"ori = {_toml_list(_pick(rng, pool, 1, 4))}"]
-        for i in range(rng.randint(1, 12)):
-            lines += ["[[rules]]", f'id = "r{i}"', f'action = "{rng.choice(["allow", "deny"])}"',
-                      f'direction = "{rng.choice(["in", "out", "any"])}"']  # fmt: skip
-            if rng.random() < 0.7:
-                lines.append(f"agency = {_toml_list(_pick(rng, pool + ['@' + g for g in groups], 1, 4))}")
-            if rng.random() < 0.4:
-                lines.append(f"dst = {_toml_list(_pick(rng, pool + ['@' + g for g in groups], 1, 3))}")
-            if rng.random() < 0.3:
-                lines.append(f"mke = {_toml_list(_pick(rng, KEYS))}")
-        policy = compile_policy(parse_config("\n".join(lines) + "\n"))
+        policy = compile_policy(parse_config(random_policy_text(rng, pool)))
         entries = sorted({e for r in policy.rules for x in (r.agency or (), r.dst or ()) for e in x
                           if not e.startswith("@")} | {e for g in policy.groups for e in g.ori})
         sizes.add(len(sieve_entries(entries)) > 12)
         matcher = Matcher(policy)
         for _ in range(600):
-            m = Message(fmt="text", mke=rng.choice(KEYS), ori=_near_miss(rng, entries),
-                        dst=tuple(_near_miss(rng, entries) for _ in range(rng.randint(1, 3))),
-                        ctl=None, pur=None, rsn=None, atn=None, imq=False)
+            m = msgspec.structs.replace(random_message(rng), ori=_near_miss(rng, entries),
+                                        dst=tuple(_near_miss(rng, entries) for _ in range(rng.randint(1, 3))))
             for direction in ("in", "out"):
                 twin = decide(policy, m, direction)
                 assert matcher.decide(m, direction) == (twin.action, twin.rule, twin.shadow, twin.agency,
