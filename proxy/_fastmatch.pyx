@@ -1249,16 +1249,16 @@ cdef enum:
 
 
 # The sieve: which packed parties match an entry of the policy at all.  A state sees
-# thousands of agencies and its policy names a few of them; every other agency matches no
-# entry, so its class is the same one (`nobody`), and it needs no slot in the party
+# thousands of agencies and its policy names a few of them; every other agency matches
+# no entry, so its class is the same one (`nobody`), and it needs no slot in the party
 # table, whose slots for thousands of ORIs are a cache line apart and whose probes
-# vary in length.  An entry (an ORI, a code, a pattern) matches a packed party exactly when
-# the party's key, masked to the positions the entry fixes, equals the entry's, and the
-# party's length is one the entry allows.  The sieve makes that test for each entry that
-# allows the party's length, without a branch that depends on the party: a few words in
-# L1.  With the example policy's seven entries the decision path ran at x0.97 to x0.99
-# of the table's time; at about a dozen tests the sieve costs what the table does, so a
-# policy with more has none (bench/README, "the agency sieve").
+# vary in length.  An entry (an ORI, a code, a pattern) matches a packed party exactly
+# when the party's key, masked to the positions the entry fixes, equals the entry's,
+# and the party's length is one the entry allows.  The sieve makes that test for each
+# entry that allows the party's length, without a branch that depends on the party: a
+# few words in L1.  With the example policy's seven entries the decision path ran at
+# x0.97 to x0.99 of the table's time; at about a dozen tests the sieve costs what the
+# table does, so a policy with more has none (bench/README, "the agency sieve").
 
 
 def sieve_entries(entries):
