@@ -1458,11 +1458,11 @@ cdef class Matcher:
     cdef dict group_set_index
     cdef readonly int party_count  # parties in the table (readonly: for tests)
     # the sieve's tests (see above), a mask and a key each, for a party of length n
-    # those from sieve_at[n] to sieve_at[n + 1]; sieve_n -1: no sieve
+    # those from sieve_at[n] to sieve_at[n + 1]; none unless sieved
     cdef uint64_t sieve_mask[9 * SIEVE_MAX]
     cdef uint64_t sieve_key[9 * SIEVE_MAX]
     cdef int sieve_at[11]
-    cdef int sieve_n
+    cdef bint sieved              # whether the policy has a sieve (see _sieve_build)
     cdef int nobody               # the class of a party that matches no entry of the policy
     # the last destination looked up and its destination mask word (up to 64 rules):
     # nearly every message names the same one, the state's own code.  The word is the
@@ -1492,7 +1492,7 @@ cdef class Matcher:
         self.party_table = NULL
         self.party_class = NULL
         self.party_masks = NULL
-        self.sieve_n = -1
+        self.sieved = False
 
     def __init__(self, policy):
         cdef Py_ssize_t nw, i
@@ -1713,7 +1713,7 @@ cdef class Matcher:
                     self.sieve_mask[i] = mask
                     self.sieve_key[i] = key
                     i += 1
-        self.sieve_n = len(tests)
+        self.sieved = True
         return 0
 
     cdef inline bint _sieve_hit(self, uint64_t key, Py_ssize_t n) noexcept:
@@ -1774,7 +1774,7 @@ cdef class Matcher:
         cdef Py_ssize_t h, wrap
         cdef int cls
         if key:
-            if self.sieve_n >= 0 and not self._sieve_hit(key, b - a):
+            if self.sieved and not self._sieve_hit(key, b - a):
                 return self.nobody
             h = self._party_home(key)
             wrap = (<Py_ssize_t> 1 << self.party_bits) - 1
@@ -3310,7 +3310,7 @@ cdef class Engine:
                 fmt = _fmt_of(p, a, b)
                 ok = DECLINED
                 # where a grown table is now; none with a sieve, which spares the lookup
-                f.hint_table = m.party_table if m.sieve_n < 0 else NULL
+                f.hint_table = NULL if m.sieved else m.party_table
                 f.hint_bits = m.party_bits
                 f.ori_key = 0
                 if fmt == FMT_TEXT:
