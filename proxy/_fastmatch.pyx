@@ -1462,7 +1462,7 @@ cdef class Matcher:
     cdef uint64_t sieve_mask[9 * SIEVE_MAX]
     cdef uint64_t sieve_key[9 * SIEVE_MAX]
     cdef int sieve_at[11]
-    cdef bint sieved              # whether the policy has a sieve (see _sieve_build)
+    cdef readonly bint sieved     # whether the policy has a sieve (see _sieve_build)
     cdef int nobody               # the class of a party that matches no entry of the policy
     # the last destination looked up and its destination mask word (up to 64 rules):
     # nearly every message names the same one, the state's own code.  The word is the

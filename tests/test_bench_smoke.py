@@ -95,6 +95,14 @@ def test_e2e_latency_only_pinned():
     assert "added by stategate" in out and "stategate peak RSS (VmHWM):" in out
 
 
+def test_sieve_smoke():
+    out = bench(str(BENCH / "sieve.py"), "--pool", "5000", "--rounds", "2", "--extra", "0,10")
+    rows = [line for line in out.splitlines() if "ORIs added" in line]
+    assert len(rows) == 2
+    assert "7 tests, sieve" in rows[0] and "x1.000" in rows[0]
+    assert "17 tests, no sieve (the table)" in rows[1]
+
+
 def test_ab_smoke():
     """bench/ab.py with this checkout as both trees: each round runs both, in turn, and
     the second is reported as a ratio to the first."""
