@@ -465,13 +465,20 @@ cdef extern from *:
             i++;
         }
     }
+    /* The C library's memcpy, always called.  For a copy whose size is known only at
+       run time, gcc may instead write `rep movsq` in line (the profile-guided build
+       did, for a log line's longer pieces and each forwarded message), which takes
+       tens of cycles to start on some CPUs; the library picks its copy for the CPU it
+       runs on (bench/README.md, "a new machine").  Called through a volatile pointer
+       so that gcc cannot see, and so cannot inline, which function it is. */
+    static void* (*volatile sg_memcpy)(void*, const void*, size_t) = memcpy;
     /* Copy n bytes, s to q.  A log line is mostly short pieces (a key name, a code,
        a rule id), each of which a call to memcpy costs more than it copies; up to 32
        bytes go as two fixed-size moves that overlap in the middle, which read and write
        no byte outside either range. */
     static inline void sg_copy(char* q, const char* s, size_t n) {
         if (n >= 16) {
-            if (n > 32) { memcpy(q, s, n); return; }
+            if (n > 32) { sg_memcpy(q, s, n); return; }
             char a[16], b[16];
             memcpy(a, s, 16); memcpy(b, s + n - 16, 16);
             memcpy(q, a, 16); memcpy(q + n - 16, b, 16);
