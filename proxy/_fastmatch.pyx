@@ -467,9 +467,10 @@ cdef extern from *:
     }
     /* The C library's memcpy, always called.  For a copy whose size is known only at
        run time, gcc may instead write `rep movsq` in line (the profile-guided build
-       did, for a log line's longer pieces and each forwarded message), which takes
-       tens of cycles to start on some CPUs; the library picks its copy for the CPU it
-       runs on (bench/README.md, "a new machine").  Called through a volatile pointer
+       did, for a log line's longer pieces and each forwarded message), which is slow
+       to start on some CPUs (on one, the running proxy spent a seventh of its CPU time
+       a message on it: bench/README.md, "a new machine"); the library picks its copy
+       for the CPU it runs on.  Called through a volatile pointer
        so that gcc cannot see, and so cannot inline, which function it is. */
     static void* (*volatile sg_memcpy)(void*, const void*, size_t) = memcpy;
     /* Copy n bytes, s to q.  A log line is mostly short pieces (a key name, a code,
