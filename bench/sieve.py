@@ -31,6 +31,7 @@ from proxy._pipeline import Sequencer  # noqa: E402
 from proxy._policy import Policy, compile_policy  # noqa: E402
 from proxy._traffic import TrafficGenerator  # noqa: E402
 
+
 def policy_with(extra: int) -> Policy:
     """The example policy with ``extra`` exact ORIs added to its federal_other group."""
     text = Path(EXAMPLE_POLICY).read_text()
@@ -41,8 +42,7 @@ def policy_with(extra: int) -> Policy:
 
 
 def sieve_tests(policy: Policy) -> int:
-    entries = [e for r in policy.rules for x in (r.agency, r.dst) if x for e in x if not e.startswith("@")]
-    return len(sieve_entries(entries + [e for g in policy.groups for e in g.ori]))
+    return len(sieve_entries(policy.party_entries()))
 
 
 def main() -> int:

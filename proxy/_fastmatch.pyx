@@ -470,8 +470,8 @@ cdef extern from *:
        did, for a log line's longer pieces and each forwarded message), which is slow
        to start on some CPUs (on one, the running proxy spent a seventh of its CPU time
        a message on it: bench/README.md, "a new machine"); the library picks its copy
-       for the CPU it runs on.  Called through a volatile pointer
-       so that gcc cannot see, and so cannot inline, which function it is. */
+       for the CPU it runs on.  Called through a volatile pointer so that gcc cannot
+       see, and so cannot inline, which function it is. */
     static void* (*volatile sg_memcpy)(void*, const void*, size_t) = memcpy;
     /* Copy n bytes, s to q.  A log line is mostly short pieces (a key name, a code,
        a rule id), each of which a call to memcpy costs more than it copies; up to 32
@@ -1598,8 +1598,7 @@ cdef class Matcher:
         self.party_count = 0
         self.nobody = self._class_of(None)
         self.dst_last_key = 0
-        self._sieve_build([e for r in rules for x in (r.agency, r.dst) if x is not None for e in x
-                           if not e.startswith("@")] + [e for _, ori in self.group_entries for e in ori])
+        self._sieve_build(policy.party_entries())
 
     def __dealloc__(self):
         free(self.acc)

@@ -71,6 +71,13 @@ class Policy(msgspec.Struct, frozen=True):
         del data["rev"]
         return msgspec.json.encode(data, order="sorted")
 
+    def party_entries(self) -> list[str]:
+        """Every ORI, code and pattern that names a party in the rules (``agency``,
+        ``dst``) and the groups, ``@group`` references left out: what decides whether
+        a party is one the policy names at all (the compiled matcher's sieve)."""
+        named = [e for r in self.rules for x in (r.agency, r.dst) if x is not None for e in x]
+        return [e for e in named if not e.startswith("@")] + [e for g in self.groups for e in g.ori]
+
 
 def compile_policy(config: Config, source: str = "<config>") -> Policy:
     """Check cross-references and build the policy; raise ConfigError naming the key."""

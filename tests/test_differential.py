@@ -618,8 +618,7 @@ def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
         pool = [_random_entry(rng, valid=True) for _ in range(rng.choice([3, 8, 30]))]
         pool = [e for e in pool if e] or ["CA"]
         policy = compile_policy(parse_config(random_policy_text(rng, pool)))
-        entries = sorted({e for r in policy.rules for x in (r.agency or (), r.dst or ()) for e in x
-                          if not e.startswith("@")} | {e for g in policy.groups for e in g.ori})
+        entries = sorted(set(policy.party_entries()))
         matcher = Matcher(policy)
         sizes.add(matcher.sieved)
         for _ in range(600):
