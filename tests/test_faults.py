@@ -262,9 +262,15 @@ async def test_hot_reload_under_traffic(tmp_path):
         old_rev = h.proxy.matcher.rev
         eofs = []
 
+        reloaded = trio.Event()
+
         async def client(msgs) -> None:
             async with h.client() as c:
                 for i in range(0, len(msgs), 25):
+                    if i == len(msgs) // 2:
+                        # the second half after the reload, so that both policies decide
+                        # some (a fixed sleep before the reload raced a fast proxy)
+                        await reloaded.wait()
                     await c.send(*[m.payload for m in msgs[i : i + 25]])
                     await trio.sleep(0.002)
                 eofs.append(await eof_within(c.stream, 0.3))
@@ -272,9 +278,10 @@ async def test_hot_reload_under_traffic(tmp_path):
         async with trio.open_nursery() as n:
             for msgs in per_client:
                 n.start_soon(client, msgs)
-            await trio.sleep(0.15)
+            await h.wait_log(500)  # under traffic: the old policy has decided some
             config_file.write_text(new_text)
             assert h.proxy.reload()
+            reloaded.set()
         new_rev = h.proxy.matcher.rev
         log = await h.wait_log(6000)
     assert eofs == [False] * 4  # no connection dropped
