@@ -101,17 +101,19 @@ def test_text_random_header_combinations():
 
 
 def plain_masks(payload: bytes) -> tuple[list[int], ...]:
-    """The text fast path's four masks (LF; LF or '.'; '/'; neither printable ASCII nor
-    LF), read a byte at a time."""
+    """The text fast path's four masks, read a byte at a time: LF; LF or '.'; a '/'
+    after a letter of P R A I, one of U S T M and one of R N Q (the slash of what may be
+    PUR/, RSN/, ATN/ or IMQ/); neither printable ASCII nor LF."""
     words = [[0] * ((len(payload) + 63) // 64) for _ in range(4)]
     for i, c in enumerate(payload):
-        for k, hit in enumerate((c == 10, c in (10, 46), c == 47, (c < 0x20 and c != 10) or c >= 0x7F)):
+        tag = c == 47 and i >= 3 and all(payload[i - 3 + k] in letters for k, letters in enumerate((b"PRAI", b"USTM", b"RNQ")))
+        for k, hit in enumerate((c == 10, c in (10, 46), tag, (c < 0x20 and c != 10) or c >= 0x7F)):
             if hit:
                 words[k][i // 64] |= 1 << (i % 64)
     return tuple(words)
 
 
-MASK_BYTES = st.binary(max_size=300) | st.lists(st.sampled_from(b"./\n\r *AZ09\x00\x1f\x7f\x80\xff"),
+MASK_BYTES = st.binary(max_size=300) | st.lists(st.sampled_from(b"./\n\r *AZ09\x00\x1f\x7f\x80\xffPURSNTIMQB"),
                                                  max_size=300).map(bytes)  # fmt: skip
 
 
@@ -136,6 +138,16 @@ def test_text_masks_every_length_and_position(wide):
                 payload = bytearray(b"A" * n)
                 payload[at] = special
                 assert text_masks(bytes(payload), wide) == plain_masks(bytes(payload)), (n, at, special)
+        # a tag, or a near miss, across every word and block edge: its letters' classes
+        # carry from one word (or block) to the next
+        for at in {0, n // 2} | set(range(58, 66)) | set(range(122, 130)):
+            for tag in (b"PUR/", b"RSN/", b"ATN/", b"IMQ/", b"RTQ/", b"PUB/", b"BUR/", b"PU/R"):
+                if at + 4 <= n:
+                    payload = bytearray(b"A" * n)
+                    payload[at:at + 4] = tag
+                    masks = text_masks(bytes(payload), wide)
+                    assert masks == plain_masks(bytes(payload)), (n, at, tag)
+                    assert bool(masks[2][(at + 3) // 64] >> ((at + 3) % 64) & 1) == (tag in (b"PUR/", b"RSN/", b"ATN/", b"IMQ/", b"RTQ/"))
     assert text_masks(b"", wide) == ([], [], [], [])
 
 
