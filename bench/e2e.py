@@ -7,6 +7,7 @@ relay (stategate's I/O layer doing none of its work), all in one run.
     python bench/e2e.py --seconds 2 --rates 1000 --latency-seconds 2   # a smoke run
     python bench/e2e.py --rss-minutes 10      # and RSS sampled over ten minutes
     python bench/e2e.py --runs 0 --rates 10000 --latency-runs 5   # latency only
+    python bench/e2e.py --latency-runs 0      # throughput only
     python bench/e2e.py --pin                 # the paths on one CPU, the harness on the rest
 
 It reports, for each path (direct to the switch, HAProxy, the trio relay, stategate):
@@ -583,11 +584,12 @@ def orchestrate(args: argparse.Namespace) -> int:
                       f"so {1e6 / us:,.0f} messages/s on one core at most")
                 print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
-            print("\nlatency (round trip, microseconds) at fixed offered rates, one connection, "
-                  f"median of {args.latency_runs} run(s); added: the median of each run's difference:")
-            print(f"  {'rate/s':>8}  {'path':<36}{'p50':>9}{'p99':>9}{'p99.9':>9}  answered")
+            if args.latency_runs:
+                print("\nlatency (round trip, microseconds) at fixed offered rates, one connection, "
+                      f"median of {args.latency_runs} run(s); added: the median of each run's difference:")
+                print(f"  {'rate/s':>8}  {'path':<36}{'p50':>9}{'p99':>9}{'p99.9':>9}  answered")
             keys = ("p50_us", "p99_us", "p999_us")
-            for rate in args.rates:
+            for rate in args.rates if args.latency_runs else []:
                 lat: dict[str, list[dict]] = {name: [] for name in paths}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():  # interleaved
@@ -639,7 +641,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                       f"chunks), runs' range: {over}")  # fmt: skip
                 print(f"  stategate peak RSS so far: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
-            if args.serial:
+            if args.serial and args.latency_runs:
                 print(f"\nserial round trips (one query in flight, one connection), {args.serial:,} a run, "
                       f"median of {args.latency_runs} run(s): the relays' CPU per round trip (two chunks "
                       "of one message each), round trip p50 and p99 in microseconds:")  # fmt: skip
@@ -698,7 +700,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="throughput runs (0: none)")
     ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 100000])
     ap.add_argument("--latency-seconds", type=float, default=5.0)
-    ap.add_argument("--latency-runs", type=int, default=3, help="runs at each rate (medians)")
+    ap.add_argument("--latency-runs", type=int, default=3,
+                    help="runs at each rate, and of the serial round trips (medians; 0: none of either)")
     ap.add_argument("--serial", type=int, default=2000, help="serial round trips a run (0: none)")
     ap.add_argument("--pin", action="store_true",
                     help="the paths under test on the last CPU, the harness on the others")
@@ -711,6 +714,9 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--trips", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for name in ("runs", "latency_runs", "serial"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be 0 or more")
     if args.role == "switch":
         role_switch(args)
         return 0

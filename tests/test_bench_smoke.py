@@ -97,6 +97,19 @@ def test_e2e_latency_only_pinned():
     assert "added by stategate" in out and "stategate peak RSS (VmHWM):" in out
 
 
+def test_e2e_throughput_only():
+    """--latency-runs 0 skips the latency and serial runs (it once ended in a traceback,
+    the medians of no runs); a negative count is a usage error."""
+    out = bench(str(BENCH / "e2e.py"), "--seconds", "1", "--runs", "1", "--latency-runs", "0",
+                "--pool", "2000")  # fmt: skip
+    assert "stategate / baseline:" in out and "stategate messages decided and logged" in out
+    assert "latency (round trip" not in out and "serial round trips" not in out
+    assert "stategate peak RSS (VmHWM):" in out
+    bad = subprocess.run([sys.executable, str(BENCH / "e2e.py"), "--latency-runs", "-1"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--latency-runs must be 0 or more" in bad.stderr
+
+
 def test_load_generator_skips_what_is_more_than_late_behind():
     """e2e.py's pacing (the smoke runs above send every query, so this is its test):
     at 1,000 a second, 10.5 ms into a run with nothing sent yet, queries 0 to 10 are
