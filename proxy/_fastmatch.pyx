@@ -210,9 +210,10 @@ cdef extern from *:
         }
     }
     /* sg_text_masks 64 bytes at a time, with AVX-512BW: one load (masked at the end,
-       so no byte past n is read) and four compares whose results are the words.  A
-       text message of the mix is some 70 bytes, two words: this makes its masks in a
-       few dozen instructions where sixteen bytes at a time took some 270.  Built for
+       so no byte past n is read), five compares and, for the tag mask's letters, two
+       nibble lookups and three tests, whose results are the words.  A text message of
+       the mix is some 70 bytes, two words: this makes its masks in a few dozen
+       instructions where sixteen bytes at a time take hundreds.  Built for
        any x86-64 and run only where the CPU and the OS have AVX-512BW
        (sg_simd_init); elsewhere sg_text_masks_sse2. */
     #if defined(__GNUC__) && defined(__x86_64__)
