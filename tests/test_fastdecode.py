@@ -106,7 +106,8 @@ def plain_masks(payload: bytes) -> tuple[list[int], ...]:
     PUR/, RSN/, ATN/ or IMQ/); neither printable ASCII nor LF."""
     words = [[0] * ((len(payload) + 63) // 64) for _ in range(4)]
     for i, c in enumerate(payload):
-        tag = c == 47 and i >= 3 and all(payload[i - 3 + k] in letters for k, letters in enumerate((b"PRAI", b"USTM", b"RNQ")))
+        tag = c == 47 and i >= 3 and all(payload[i - 3 + k] in letters
+                                         for k, letters in enumerate((b"PRAI", b"USTM", b"RNQ")))
         for k, hit in enumerate((c == 10, c in (10, 46), tag, (c < 0x20 and c != 10) or c >= 0x7F)):
             if hit:
                 words[k][i // 64] |= 1 << (i % 64)
@@ -147,7 +148,8 @@ def test_text_masks_every_length_and_position(wide):
                     payload[at:at + 4] = tag
                     masks = text_masks(bytes(payload), wide)
                     assert masks == plain_masks(bytes(payload)), (n, at, tag)
-                    assert bool(masks[2][(at + 3) // 64] >> ((at + 3) % 64) & 1) == (tag in (b"PUR/", b"RSN/", b"ATN/", b"IMQ/", b"RTQ/"))
+                    marked = bool(masks[2][(at + 3) // 64] >> ((at + 3) % 64) & 1)
+                    assert marked == (tag in (b"PUR/", b"RSN/", b"ATN/", b"IMQ/", b"RTQ/")), (n, at, tag)
     assert text_masks(b"", wide) == ([], [], [], [])
 
 
