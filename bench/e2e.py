@@ -584,12 +584,13 @@ def orchestrate(args: argparse.Namespace) -> int:
                       f"so {1e6 / us:,.0f} messages/s on one core at most")
                 print(f"  stategate peak RSS after throughput: {rss_kib(sg.pid) / 1024:.1f} MiB")
 
-            if args.latency_runs:
+            rates = args.rates if args.latency_runs else []  # --latency-runs 0: none
+            if rates:
                 print("\nlatency (round trip, microseconds) at fixed offered rates, one connection, "
                       f"median of {args.latency_runs} run(s); added: the median of each run's difference:")
                 print(f"  {'rate/s':>8}  {'path':<36}{'p50':>9}{'p99':>9}{'p99.9':>9}  answered")
             keys = ("p50_us", "p99_us", "p999_us")
-            for rate in args.rates if args.latency_runs else []:
+            for rate in rates:
                 lat: dict[str, list[dict]] = {name: [] for name in paths}
                 for _ in range(args.latency_runs):
                     for name, port in paths.items():  # interleaved
