@@ -6,9 +6,10 @@ from __future__ import annotations
 import random
 
 import msgspec
+import pytest
 
 from proxy._config import parse_config
-from proxy._fastmatch import Engine, Matcher, fast_decode_text, fast_decode_xml
+from proxy._fastmatch import AVX512, Engine, Matcher, fast_decode_text, fast_decode_xml, pattern_matches, sieve_entries
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
 from proxy._traffic import TrafficGenerator, switch_response
@@ -589,7 +590,6 @@ def test_sieve_lets_through_exactly_the_parties_an_entry_matches():
     all, so need the party table) is exact: a packed party of 1 to 9 characters
     passes its tests when and only when pattern_match finds an entry for it.  On
     random entries, valid and not, and near misses of them."""
-    from proxy._fastmatch import pattern_matches, sieve_entries
 
     rng = random.Random(12)
     hits = misses = 0
@@ -605,6 +605,36 @@ def test_sieve_lets_through_exactly_the_parties_an_entry_matches():
             hits += matched
             misses += not matched
     assert hits > 10_000 and misses > 10_000  # both sides really tried
+
+
+@pytest.mark.parametrize("wide", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not AVX512, reason="this machine has no AVX-512"))])  # fmt: skip
+def test_matcher_sieve_both_ways_passes_exactly_the_parties_an_entry_matches(wide):
+    """The sieve as the matcher holds it, eight tests at a time (wide, AVX-512) or one
+    at a time: on random policies of up to twelve tests (the most a sieve has, two
+    blocks of eight) and more (no sieve: every party passes), a party passes when and
+    only when an entry of the policy matches it."""
+    rng = random.Random(14)
+    blocks = set()  # of each sieved policy, the most blocks of eight a length needs; no sieve: -1
+    hits = misses = 0
+    for trial in range(300):
+        entries = sorted({_random_entry(rng, valid=True) for _ in range(rng.randint(1, 16))} - {""})
+        if not entries:
+            continue
+        text = random_policy_text(rng, entries)
+        policy = compile_policy(parse_config(text))
+        entries = sorted(set(policy.party_entries()))
+        matcher = Matcher(policy)
+        most = max(sum(lengths >> n & 1 for _, _, lengths in sieve_entries(entries)) for n in range(1, 10))
+        blocks.add((most + 7) // 8 if matcher.sieved else -1)
+        for _ in range(100):
+            party = _near_miss(rng, entries)
+            matched = any(pattern_matches(e, party) for e in entries)
+            assert matcher.sieve_passes(party, wide) == (matched or not matcher.sieved), (entries, party)
+            hits += matched
+            misses += not matched
+    assert {-1, 1, 2} <= blocks, blocks  # one block, two, and no sieve
+    assert hits > 3_000 and misses > 3_000
 
 
 def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
