@@ -1185,13 +1185,31 @@ cdef inline int _jkey(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexce
     return -1
 
 
+# Each known key as a switch writes it, quotes and colon (`"mke":`), as sg_load8 reads
+# its bytes, with the mask of those bytes: the top-level loop first compares the
+# eight bytes at a key with the key that usually comes next, in the order msgspec
+# and switches write them (mke, ori, dst, ctl, pur, rsn, atn, imq, body), instead of
+# scanning the key's string, matching its name and looking for the colon.  When the
+# bytes are not that key the loop reads them as before.
+cdef uint64_t[9] _JKEY_WORD
+cdef uint64_t[9] _JKEY_MASK
+cdef Py_ssize_t[9] _JKEY_LEN
+for _k, _name in enumerate((b"mke", b"ori", b"dst", b"ctl", b"pur", b"rsn", b"atn", b"imq", b"body")):
+    _lit = b'"' + _name + b'":'
+    _word = _lit + bytes(8 - len(_lit))
+    _mask = b"\xff" * len(_lit) + bytes(8 - len(_lit))
+    _JKEY_WORD[_k] = sg_load8(_word)
+    _JKEY_MASK[_k] = sg_load8(_mask)
+    _JKEY_LEN[_k] = len(_lit)
+
+
 cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept nogil:
     """Read a simple JSON payload into f, exactly as the reference would: READ,
     DECLINED or REJECTED."""
     cdef Py_ssize_t i, e, ka
     cdef Py_ssize_t[5] el_a   # ctl, pur, rsn, atn as strings (-1: absent or null), then
     cdef Py_ssize_t[5] el_b   # IMQ's element for _finish_codes: always absent, imq is a bool
-    cdef int k, seen = 0
+    cdef int k, seen = 0, expect = JK_MKE
     cdef bint ok, imq, bad = False
     for k in range(5):
         el_a[k] = el_b[k] = -1
@@ -1204,22 +1222,28 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
     if i < n and p[i] == 125:
         return False  # required keys missing
     while True:
-        if i >= n or p[i] != 34:
-            return False
-        ka = i + 1
-        i = _jstring(p, i, n)
-        if i < 0:
-            return False
-        k = _jkey(p, ka, i - 1)
-        if k < 0:
-            return REJECTED  # an unknown key: msgspec raises
+        if i + 8 <= n and (sg_load8(p + i) & _JKEY_MASK[expect]) == _JKEY_WORD[expect]:
+            k = expect  # the key that usually comes next, and its colon (_JKEY_WORD)
+            i += _JKEY_LEN[k]
+        else:
+            if i >= n or p[i] != 34:
+                return False
+            ka = i + 1
+            i = _jstring(p, i, n)
+            if i < 0:
+                return False
+            k = _jkey(p, ka, i - 1)
+            if k < 0:
+                return REJECTED  # an unknown key: msgspec raises
+            i = _jws(p, i, n)
+            if i >= n or p[i] != 58:
+                return False
+            i += 1
         if seen & (1 << k):
             return False  # repeated: the reference's answer
         seen |= 1 << k
+        expect = k + 1 if k < JK_BODY else JK_BODY
         i = _jws(p, i, n)
-        if i >= n or p[i] != 58:
-            return False
-        i = _jws(p, i + 1, n)
         if i >= n:
             return False
         if k == JK_MKE or k == JK_ORI:
