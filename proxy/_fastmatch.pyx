@@ -1841,7 +1841,11 @@ cdef class Matcher:
 
     cdef inline bint _sieve_hit(self, uint64_t key, Py_ssize_t n) noexcept:
         """Whether the packed party key, n (1 to 9) characters long, matches an entry."""
-        return sg_sieve_hit_way(sg_wide, &self.sieve_mask[SIEVE_SLOTS * n], &self.sieve_key[SIEVE_SLOTS * n],
+        return self._sieve_hit_way(sg_wide, key, n)
+
+    cdef inline bint _sieve_hit_way(self, bint wide, uint64_t key, Py_ssize_t n) noexcept:
+        """_sieve_hit, eight tests at a time (wide: only where AVX512) or one at a time."""
+        return sg_sieve_hit_way(wide, &self.sieve_mask[SIEVE_SLOTS * n], &self.sieve_key[SIEVE_SLOTS * n],
                                 self.sieve_count[n], key)
 
     def sieve_passes(self, str party, bint wide):
@@ -1859,8 +1863,7 @@ cdef class Matcher:
             raise ValueError(f"not a packable party: {party!r}")
         if not self.sieved:
             return True
-        return sg_sieve_hit_way(wide, &self.sieve_mask[SIEVE_SLOTS * n], &self.sieve_key[SIEVE_SLOTS * n],
-                                self.sieve_count[n], key)
+        return self._sieve_hit_way(wide, key, n)
 
     cdef inline Py_ssize_t _party_home(self, uint64_t key) noexcept:
         return _party_slot(key, self.party_bits)
