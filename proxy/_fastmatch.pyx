@@ -27,7 +27,6 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeLatin1
 
 import os as _os
-import sys as _sys
 
 import msgspec
 
@@ -734,7 +733,7 @@ for _c in range(256):
     _TAG_OF[_c] = 4
 for _c, _tag in enumerate((b"PUR/", b"RSN/", b"ATN/", b"IMQ/")):
     _TAG_OF[_tag[0]] = _c
-    _TAG_WORD[_c] = int.from_bytes(_tag, _sys.byteorder)
+    _TAG_WORD[_c] = sg_load4(_tag)
 _TAG_WORD[4] = 0
 
 cdef inline bint _ws(unsigned char c) noexcept nogil:
