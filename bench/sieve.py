@@ -5,8 +5,9 @@ example policy with more and more exact ORIs added to one of its groups.
 
 Each ``--extra`` count adds that many exact ORIs (``ZZ0000000``, ``ZZ0000001`` …, which
 no generated message comes from) to the ``federal_other`` group, so the policy's sieve
-has that many more tests; past the matcher's limit (``SIEVE_MAX``, 12) it has no sieve and
-every agency goes through the party table.  One process decides the same pool of the
+has that many more tests; past the matcher's limit (``sieve_limit()``: 16 where the sieve
+tests eight at a time with AVX-512, 12 one at a time, as with ``STATEGATE_AVX512=0``) it
+has no sieve and every agency goes through the party table.  One process decides the same pool of the
 year's mix (``Engine.decide`` over 64 KiB chunks, as ``year.py`` does) under each
 policy in turn, the order reversed every other round, and prints per policy its number
 of sieve tests, whether it has a sieve, the median ns a message and the median over

@@ -1357,8 +1357,9 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
 #  - a purpose or reason code is compared with the few codes the rules name.
 
 DEF PARTY_MIN_BITS = 10        # the party table starts at 1,024 slots, at most three quarters full
-DEF SIEVE_MAX = 12             # more tests than this: no sieve, every party in the table
-DEF SIEVE_SLOTS = 16           # a length's slots: SIEVE_MAX tests at most, in two blocks of eight
+DEF SIEVE_MAX = 12             # more tests than this: no sieve, every party in the table ...
+DEF SIEVE_MAX_WIDE = 16        # ... or than this, where the sieve tests eight at a time
+DEF SIEVE_SLOTS = 16           # a length's slots: SIEVE_MAX_WIDE tests at most, in two blocks of eight
 DEF MKE_SLOTS = 19683          # 27 ** 3
 
 cdef enum:
@@ -1375,8 +1376,18 @@ cdef enum:
 # and the party's length is one the entry allows.  The sieve makes that test for each
 # entry that allows the party's length, without a branch that depends on the party: a
 # few words in L1.  With the example policy's seven entries the decision path ran at
-# x0.97 to x0.99 of the table's time; at about a dozen tests the sieve costs what the
-# table does, so a policy with more has none (bench/README, "the agency sieve").
+# x0.97 to x0.99 of the table's time; one test at a time, at about a dozen tests the
+# sieve costs what the table does, so a policy with more has none; eight at a time
+# (AVX-512F) sixteen cost what seven do, so the limit there is sixteen (sieve_limit;
+# bench/README, "the agency sieve" and "the sieve's limit eight at a time").
+
+
+def sieve_limit():
+    """The most tests a policy's sieve has; a policy with more has none.  One test at a
+    time the sieve costs what the party table does at about a dozen; eight at a time
+    (AVX-512F, where the masks are wide too) nine to sixteen cost one more compare
+    (bench/README, "the agency sieve" and "the sieve's limit eight at a time")."""
+    return SIEVE_MAX_WIDE if sg_wide else SIEVE_MAX
 
 
 def sieve_entries(entries):
@@ -1821,7 +1832,7 @@ cdef class Matcher:
         """The sieve for the policy's entries; none if there are more than SIEVE_MAX
         (the sieve tries each for every party)."""
         tests = sieve_entries(entries)
-        if len(tests) > SIEVE_MAX:
+        if len(tests) > sieve_limit():
             return 0
         cdef int i, n
         for i in range(10 * SIEVE_SLOTS):

@@ -3,13 +3,17 @@ plain-Python twins on large random inputs."""
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from proxy._config import parse_config
-from proxy._fastmatch import AVX512, Engine, Matcher, fast_decode_text, fast_decode_xml, pattern_matches, sieve_entries
+from proxy._demo import EXAMPLE_POLICY
+from proxy._fastmatch import (AVX512, Engine, Matcher, fast_decode_text, fast_decode_xml, pattern_matches, sieve_entries,
+                              sieve_limit)
 from proxy._pipeline import ReferenceEngine, Sequencer
 from proxy._policy import compile_policy, decide
 from proxy._traffic import TrafficGenerator, switch_response
@@ -611,14 +615,14 @@ def test_sieve_lets_through_exactly_the_parties_an_entry_matches():
     not AVX512, reason="this machine has no AVX-512"))])  # fmt: skip
 def test_matcher_sieve_both_ways_passes_exactly_the_parties_an_entry_matches(wide):
     """The sieve as the matcher holds it, eight tests at a time (wide, AVX-512) or one
-    at a time: on random policies of up to twelve tests (the most a sieve has, two
-    blocks of eight) and more (no sieve: every party passes), a party passes when and
-    only when an entry of the policy matches it."""
+    at a time: on random policies of up to sieve_limit() tests (the most a sieve has,
+    in two blocks of eight) and more (no sieve: every party passes), a party passes
+    when and only when an entry of the policy matches it."""
     rng = random.Random(14)
     blocks = set()  # of each sieved policy, the most blocks of eight a length needs; no sieve: -1
     hits = misses = 0
     for trial in range(300):
-        entries = sorted({_random_entry(rng, valid=True) for _ in range(rng.randint(1, 16))} - {""})
+        entries = sorted({_random_entry(rng, valid=True) for _ in range(rng.randint(1, 24))} - {""})
         if not entries:
             continue
         text = random_policy_text(rng, entries)
@@ -637,9 +641,29 @@ def test_matcher_sieve_both_ways_passes_exactly_the_parties_an_entry_matches(wid
     assert hits > 3_000 and misses > 3_000
 
 
+EXAMPLE_TEXT = Path(EXAMPLE_POLICY).read_text()
+
+
+def test_sieve_limit_is_sixteen_tests_eight_at_a_time_and_twelve_one_at_a_time():
+    """A policy whose entries make sieve_limit() tests has a sieve, one with a test more
+    has none; the limit is 16 where the sieve tests eight at a time (AVX-512, unless
+    STATEGATE_AVX512=0) and 12 where it tests one at a time (bench/README, "the sieve's
+    limit eight at a time")."""
+    wide = AVX512 and os.environ.get("STATEGATE_AVX512", "1") != "0"
+    assert sieve_limit() == (16 if wide else 12)
+    base = compile_policy(parse_config(EXAMPLE_TEXT))
+    base_tests = len(sieve_entries(sorted(set(base.party_entries()))))
+    for extra, sieved in ((sieve_limit() - base_tests, True), (sieve_limit() - base_tests + 1, False)):
+        text = EXAMPLE_TEXT.replace('ori = ["DCFBI????"', 'ori = [' + "".join(f'"ZZ{i:07d}", ' for i in range(extra))
+                                    + '"DCFBI????"')  # fmt: skip
+        policy = compile_policy(parse_config(text))
+        assert len(sieve_entries(sorted(set(policy.party_entries())))) == base_tests + extra
+        assert Matcher(policy).sieved is sieved
+
+
 def test_compiled_matcher_agrees_on_parties_the_sieve_passes_and_stops():
-    """Random policies whose agency, destination and group entries make up to 12 sieve
-    tests (a sieve) or more (none: every party through the table), and parties that
+    """Random policies whose agency, destination and group entries make up to
+    sieve_limit() sieve tests (a sieve) or more (none: every party through the table), and parties that
     match an entry or nearly do, of every length, in both directions: every decision,
     with its groups, is the twin's."""
     rng = random.Random(13)
