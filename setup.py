@@ -110,9 +110,10 @@ class BuildExt(build_ext):
             raise RuntimeError(f"the training run of {built} recorded no profile")
 
 
-#: Added for GCC only.  GCC's inliner at -O3 keeps the text reader (_text_read) and the XML one (_xml_spans)
-#: out of line, each too big for its limits, though each is called once a message from
-#: the engine's loop; these limits let it take them in, at about a fifth more code.
+#: Added for GCC only.  GCC's inliner at -O3 keeps the text reader (_text_read) and
+#: the XML one (_xml_spans) out of line, each too big for its limits, though each is
+#: called once a message from the engine's loop; these limits let it take them in, at
+#: about a fifth more code.
 #: The decision path took x0.973 of the time (three builds, bench/ab.py --decide) and
 #: the proxy x0.958 of the CPU a message (bench/README.md, "the readers inlined").
 #: Raising them further (inlining the JSON reader and the decision too) measured worse.

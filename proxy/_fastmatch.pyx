@@ -1829,8 +1829,8 @@ cdef class Matcher:
         return e
 
     cdef int _sieve_build(self, list entries) except -1:
-        """The sieve for the policy's entries; none if there are more than SIEVE_MAX
-        (the sieve tries each for every party)."""
+        """The sieve for the policy's entries; none if there are more than
+        sieve_limit() (the sieve tries each for every party)."""
         tests = sieve_entries(entries)
         if len(tests) > sieve_limit():
             return 0
