@@ -45,15 +45,22 @@ class BuildExt(build_ext):
     """build_ext, with the hot path built profile-guided where the compiler is GCC."""
 
     def build_extension(self, ext: Extension) -> None:
-        if ext.name != HOT_PATH:
+        if ext.name != HOT_PATH or not self._is_gcc():
             super().build_extension(ext)
             return
-        gcc = self._is_gcc()
-        if gcc and not any(arg in ext.extra_compile_args for arg in INLINE_PARAMS):
-            ext.extra_compile_args = list(ext.extra_compile_args) + INLINE_PARAMS
-        if not gcc or not self._pgo_wanted():
-            super().build_extension(ext)
-            return
+        given = list(ext.extra_compile_args)
+        ext.extra_compile_args = given + INLINE_PARAMS
+        try:
+            if self._pgo_wanted():
+                self._build_profiled(ext)
+            else:
+                super().build_extension(ext)
+        finally:
+            ext.extra_compile_args = given
+
+    def _build_profiled(self, ext: Extension) -> None:
+        """Build ext instrumented, train it, build it again with the profile; on any
+        failure, build it once without one."""
         base_compile, base_link = list(ext.extra_compile_args), list(ext.extra_link_args)
         force = self.force
         self.force = True  # the second compile must not be skipped as up to date
