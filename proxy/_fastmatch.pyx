@@ -2442,13 +2442,19 @@ cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
                         Py_ssize_t length, bint last) noexcept nogil:
     """The node after parent whose segment is seg[:length] (and last as given), added
     if there is none and parent has fewer than XML_TPL_SIBLINGS; -1 if it has that
-    many.  The caller has checked there is room in the tree."""
-    cdef int c = t.node[parent].child
+    many.  The caller has checked there is room in the tree.
+
+    A new node goes after its siblings, so that documents try them in the order they
+    were first seen: a shape seen early is mostly a common one, and an order that does
+    not change is one the branch predictors learn (newest first made the decision
+    path take x1.006 of the time, bench/README "the stream ahead")."""
+    cdef int c = t.node[parent].child, prev = -1
     cdef XmlTplNode* node
     while c >= 0:
         node = &t.node[c]
         if node.seg_len == length and node.last == last and sg_eq(seg, t.text + node.seg, length):
             return c
+        prev = c
         c = node.sibling
     if t.node[parent].children == XML_TPL_SIBLINGS:
         return -1
@@ -2463,8 +2469,10 @@ cdef int _xml_tpl_child(XmlTemplates* t, int parent, const unsigned char* seg,
     node.last = last
     memcpy(t.text + t.used, seg, length)
     t.used += <int> length
-    node.sibling = t.node[parent].child
-    t.node[parent].child = c
+    if prev < 0:
+        t.node[parent].child = c
+    else:
+        t.node[prev].sibling = c
     t.node[parent].children += 1
     return c
 
