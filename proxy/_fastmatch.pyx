@@ -1197,16 +1197,23 @@ cdef inline int _jkey(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexce
 # and switches write them (mke, ori, dst, ctl, pur, rsn, atn, imq, body), instead of
 # scanning the key's string, matching its name and looking for the colon.  When the
 # bytes are not that key the loop reads them as before.
+# After a value, the same with the comma before it (`,"ori":`, eight bytes at most):
+# one compare in place of the whitespace, the comma and the key read one by one.
 cdef uint64_t[9] _JKEY_WORD
 cdef uint64_t[9] _JKEY_MASK
 cdef Py_ssize_t[9] _JKEY_LEN
+cdef uint64_t[9] _JNEXT_WORD
+cdef uint64_t[9] _JNEXT_MASK
+cdef Py_ssize_t[9] _JNEXT_LEN
 for _k, _name in enumerate((b"mke", b"ori", b"dst", b"ctl", b"pur", b"rsn", b"atn", b"imq", b"body")):
     _lit = b'"' + _name + b'":'
-    _word = _lit + bytes(8 - len(_lit))
-    _mask = b"\xff" * len(_lit) + bytes(8 - len(_lit))
-    _JKEY_WORD[_k] = sg_load8(_word)
-    _JKEY_MASK[_k] = sg_load8(_mask)
+    _JKEY_WORD[_k] = sg_load8(_lit + bytes(8 - len(_lit)))
+    _JKEY_MASK[_k] = sg_load8(b"\xff" * len(_lit) + bytes(8 - len(_lit)))
     _JKEY_LEN[_k] = len(_lit)
+    _lit = b"," + _lit
+    _JNEXT_WORD[_k] = sg_load8(_lit + bytes(8 - len(_lit)))
+    _JNEXT_MASK[_k] = sg_load8(b"\xff" * len(_lit) + bytes(8 - len(_lit)))
+    _JNEXT_LEN[_k] = len(_lit)
 
 
 cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept nogil:
@@ -1227,8 +1234,11 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
     i = _jws(p, i + 1, n)
     if i < n and p[i] == 125:
         return False  # required keys missing
+    k = -1
     while True:
-        if i + 8 <= n and (sg_load8(p + i) & _JKEY_MASK[expect]) == _JKEY_WORD[expect]:
+        if k >= 0:
+            pass  # the key after the last value, found with its comma (_JNEXT_WORD)
+        elif i + 8 <= n and (sg_load8(p + i) & _JKEY_MASK[expect]) == _JKEY_WORD[expect]:
             k = expect  # the key that usually comes next, and its colon (_JKEY_WORD)
             i += _JKEY_LEN[k]
         else:
@@ -1310,6 +1320,11 @@ cdef int _json_spans(const unsigned char* p, Py_ssize_t n, Fields* f) noexcept n
                 e = i + 4
             else:
                 return False
+        if e + 8 <= n and (sg_load8(p + e) & _JNEXT_MASK[expect]) == _JNEXT_WORD[expect]:
+            k = expect  # the comma, the next key and its colon, as msgspec writes them
+            i = e + _JNEXT_LEN[k]
+            continue
+        k = -1
         i = _jws(p, e, n)
         if i >= n:
             return False
