@@ -1574,6 +1574,10 @@ cdef class Matcher:
     cdef XmlNames xml_c[2]
     cdef Py_ssize_t n_rules, n_words
     cdef list rules, rule_ids, group_entries
+    # the keys of Sequencer.counts a decision adds to, built once: per direction, for
+    # rule r (n_rules: the default) and action k (ACT_*) at 2 * r + k, then the rejects'
+    # (REJ_*) after them
+    cdef tuple count_keys
     cdef int default_action
     cdef uint64_t* acc
     cdef uint64_t* dst_acc
@@ -1663,6 +1667,11 @@ cdef class Matcher:
                 raise MemoryError()
         self.rules = list(policy.rules)
         self.rule_ids = [r.id for r in self.rules]
+        self.count_keys = tuple(
+            tuple([(direction, "deny" if k == ACT_DENY else "allow", rid)
+                   for rid in self.rule_ids + ["default"] for k in range(2)]
+                  + [(direction, "reject", rule) for rule in _REJECT_RULES])
+            for direction in ("in", "out"))
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
         self.line_mode = b',"mode":' + _json.encode(policy.mode) + b',"forwarded":'
         self.line_rev = b',"rev":' + _json.encode(policy.rev) + b',"bytes":'
@@ -3339,6 +3348,8 @@ cdef enum:
     REJ_OVERSIZE = 0
     REJ_MALFORMED = 1
 
+cdef tuple _REJECT_RULES = ("oversize", "malformed")  # the rule logged for each REJ_*
+
 
 cdef int _fmt_of(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """The payload's format from its first non-blank byte (BLANK in _decode.py); -1
@@ -3702,19 +3713,13 @@ cdef class Engine:
 
     cdef int _count(self, Matcher m, long long* counts) except -1:
         """Add a chunk's decisions to the sequencer's counts by (direction, action, rule)."""
-        cdef Py_ssize_t r, k
+        cdef Py_ssize_t i
         cdef dict c = self.sequencer.counts
-        for r in range(m.n_rules + 1):
-            for k in range(2):
-                if counts[2 * r + k]:
-                    key = (self.direction, "deny" if k == ACT_DENY else "allow",
-                           m.rule_ids[r] if r < m.n_rules else "default")
-                    c[key] = c.get(key, 0) + counts[2 * r + k]
-        r = 2 * (m.n_rules + 1)
-        for k, rule in ((REJ_OVERSIZE, "oversize"), (REJ_MALFORMED, "malformed")):
-            if counts[r + k]:
-                key = (self.direction, "reject", rule)
-                c[key] = c.get(key, 0) + counts[r + k]
+        cdef tuple keys = <tuple> m.count_keys[self.dir_code]
+        for i in range(2 * (m.n_rules + 1) + 2):
+            if counts[i]:
+                key = keys[i]
+                c[key] = c.get(key, 0) + counts[i]
         return 0
 
     cdef inline char* _head_to(self, char* q, bytes head, long long dec, long long seq) noexcept:

@@ -151,8 +151,10 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
 
         stream = b"".join(frame(p, framing, term) for p in payloads)
         direction = rng.choice(["in", "out"])
-        fast = Engine(direction, 3, "127.0.0.1:9", framing, max_frame, term, Sequencer(0, "t"))
-        ref = ReferenceEngine(direction, 3, "127.0.0.1:9", framing, max_frame, term, Sequencer(0, "t"))
+        fast_seq, ref_seq, decide_seq = Sequencer(0, "t"), Sequencer(0, "t"), Sequencer(0, "t")
+        fast = Engine(direction, 3, "127.0.0.1:9", framing, max_frame, term, fast_seq)
+        ref = ReferenceEngine(direction, 3, "127.0.0.1:9", framing, max_frame, term, ref_seq)
+        decider = Engine(direction, 3, "127.0.0.1:9", framing, max_frame, term, decide_seq)
         pos = 0
         while pos < len(stream):
             n = rng.choice([1, 7, 100, 1000, 5000, 70000])
@@ -160,6 +162,9 @@ def test_compiled_engine_agrees_with_the_reference_engine_on_random_streams():
             pos += n
             a = fast.feed(chunk, matcher, "T")
             b = ref.feed(chunk, policy, "T")
+            assert decider.decide(chunk, matcher) == a.count
+            # decisions by (direction, action, rule), as /metrics and bench/year.py read them
+            assert fast_seq.counts == ref_seq.counts == decide_seq.counts
             assert a.lines == b.lines  # byte for byte what msgspec makes of the records
             assert a.count == b.count and (not a.count or a.last_seq == b.last_seq)
             assert a.records == b.records
