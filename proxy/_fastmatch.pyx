@@ -3349,6 +3349,7 @@ cdef enum:
     REJ_MALFORMED = 1
 
 cdef tuple _REJECT_RULES = ("oversize", "malformed")  # the rule logged for each REJ_*
+cdef tuple _REJECT_RULE_BYTES = tuple([r.encode() for r in _REJECT_RULES])
 
 
 cdef int _fmt_of(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -3479,7 +3480,7 @@ cdef class Engine:
                 if kind == FR_OVERSIZE:
                     rejects[REJ_OVERSIZE] += 1
                     if emit:
-                        self._reject_line(head, dec, seq, -1, b"oversize", m, a)
+                        self._reject_line(head, dec, seq, -1, REJ_OVERSIZE, m, a)
                     continue
                 # Load the chunk ahead into cache: four lines from where the last
                 # frame's loads stopped, up to STREAM_AHEAD bytes past this frame.  A
@@ -3512,7 +3513,7 @@ cdef class Engine:
                 if ok == REJECTED:
                     rejects[REJ_MALFORMED] += 1
                     if emit:
-                        self._reject_line(head, dec, seq, fmt, b"malformed", m, b - a)
+                        self._reject_line(head, dec, seq, fmt, REJ_MALFORMED, m, b - a)
                     continue
                 if ok == READ:
                     act = m._decide_fields(p + a, &f, self.dir_code)
@@ -3525,7 +3526,7 @@ cdef class Engine:
                     if msg is None:
                         rejects[REJ_MALFORMED] += 1
                         if emit:
-                            self._reject_line(head, dec, seq, fmt, b"malformed", m, b - a)
+                            self._reject_line(head, dec, seq, fmt, REJ_MALFORMED, m, b - a)
                         continue
                     act = m.decide_c(msg.mke, msg.ori, msg.dst, msg.pur, msg.rsn, msg.atn is not None,
                                      msg.imq, self.dir_code)
@@ -3743,9 +3744,11 @@ cdef class Engine:
         return (PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(self.line_mid)
                 + PyBytes_GET_SIZE(m.line_mode) + PyBytes_GET_SIZE(m.line_rev) + LINE_FIXED_MAX)
 
-    cdef int _reject_line(self, bytes head, long long dec, long long seq, int fmt, bytes rule,
+    cdef int _reject_line(self, bytes head, long long dec, long long seq, int fmt, int reject,
                           Matcher m, Py_ssize_t size) except -1:
+        """A reject's line; reject: its REJ_*, whose rule the line names."""
         cdef Buf* out = &self.lines
+        cdef bytes rule = <bytes> _REJECT_RULE_BYTES[reject]
         cdef Py_ssize_t need = (self._fixed_room(head, m) + PyBytes_GET_SIZE(_REJECT_FIELDS)
                                 + PyBytes_GET_SIZE(rule))
         cdef char* q
