@@ -22,7 +22,7 @@ same way, with e2e's load generator and switch:
   query in flight, so every chunk is one message.
 
 With `--decide`, a round measures each tree's compiled decision path instead, as
-bench/year.py runs it (`Engine.decide` over 64 KiB chunks of `--pool` distinct
+bench/year.py runs it (`Engine.decide` over 64 KiB chunks, or `--chunk` bytes, of `--pool` distinct
 messages of the mix, framed len32, the example policy), in a process of its own with
 that tree's `proxy` on its path: ns a message, the fastest of `--passes` passes, since
 on a shared machine noise only ever adds.  A pool larger than the branch predictors
@@ -88,8 +88,8 @@ from proxy._framing import frame
 from proxy._pipeline import Sequencer
 from proxy._policy import compile_policy
 from proxy._traffic import TrafficGenerator
-pool, passes, seed, rounds = (int(a) for a in sys.argv[1:5])
-trees = sys.argv[5:]
+pool, passes, seed, rounds, size = (int(a) for a in sys.argv[1:6])
+trees = sys.argv[6:]
 
 def load(tree):
     (path,) = glob.glob(tree + "/proxy/_fastmatch*.so")
@@ -107,7 +107,7 @@ def load(tree):
 policy = compile_policy(load_config(EXAMPLE_POLICY))
 gen = TrafficGenerator(seed, policy.state)
 stream = b"".join(frame(gen.query().payload, "len32") for _ in range(pool))
-chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
 runs = []
 for module in map(load, trees):
     engine = module.Engine("in", 1, "127.0.0.1:1", "len32", 1 << 20, b"", Sequencer())
@@ -154,8 +154,8 @@ def measure_decide(trees: list[Path], rounds: int, args: argparse.Namespace) -> 
     """The trees' decision paths in one process of their own, ``rounds`` rounds
     alternated; by tree, a measure a round."""
     out = subprocess.run([sys.executable, "-c", DECIDE, str(args.pool), str(args.passes), str(args.seed),
-                          str(rounds), *map(str, trees)], cwd=trees[0], env={"PYTHONPATH": str(trees[0])},
-                         capture_output=True, text=True)  # fmt: skip
+                          str(rounds), str(args.chunk), *map(str, trees)],
+                         cwd=trees[0], env={"PYTHONPATH": str(trees[0])}, capture_output=True, text=True)  # fmt: skip
     if out.returncode:
         raise SystemExit(f"{', '.join(map(str, trees))}: the decision path did not run:\n{out.stderr}")
     rows = [[float(x) for x in line.split()] for line in out.stdout.splitlines()]
@@ -208,6 +208,8 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=20_000)
     ap.add_argument("--decide", action="store_true", help="measure the decision path, not the proxy")
     ap.add_argument("--passes", type=int, default=7, help="passes over the pool a round (--decide)")
+    ap.add_argument("--chunk", type=int, default=65536,
+                    help="--decide: bytes a chunk (default 64 KiB, as bench/year.py)")
     ap.add_argument("--one-process", action="store_true",
                     help="--decide: every tree's engine in one process, rounds alternated (use many rounds)")
     args = ap.parse_args()

@@ -2966,6 +2966,18 @@ cdef inline unsigned long long _be32(const unsigned char* h) noexcept nogil:
 
 
 @cython.final
+cdef bytes _bytes_join(const unsigned char* a, Py_ssize_t alen, const unsigned char* b,
+                       Py_ssize_t blen):
+    """a[:alen] followed by b[:blen] (blen may be 0 and b NULL) as a new bytes, copied
+    once."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, alen + blen)
+    cdef char* q = PyBytes_AS_STRING(out)
+    memcpy(q, a, alen)
+    if blen:
+        memcpy(q + alen, b, blen)
+    return out
+
+
 cdef class _Framer:
     """Compiled framing; the plain statement is proxy._framing.
 
@@ -3009,28 +3021,37 @@ cdef class _Framer:
         from the chunk's first bytes; with len32, when the chunk holds all that it
         lacks, only that frame is returned, and resume() then gives the chunk from the
         byte after it, so that a chunk is not copied whole to join a few carried
-        bytes (bench/README.md: a few percent of the decision path)."""
-        cdef Py_ssize_t taken, have, size, need
-        cdef bytes head
+        bytes (bench/README.md: a few percent of the decision path).  Each new bytes
+        is made by one copy into an object of its size (_bytes_join), not by slicing:
+        a slice of a bytes goes through a slice object and a join copies twice, and at
+        the year's 64 KiB chunks that cost a carried frame some 550 ns a chunk
+        (bench/README.md, "the carried frame")."""
+        cdef Py_ssize_t taken, have, size, need, dlen = PyBytes_GET_SIZE(data), i
+        cdef const unsigned char* d = <const unsigned char*> PyBytes_AS_STRING(data)
+        cdef const unsigned char* c
+        cdef unsigned char[4] head
         self.rest = None
         if self.skip:
-            taken = min(self.skip, len(data))
+            taken = min(self.skip, dlen)
             self.skip -= taken
             if taken:
-                data = data[taken:]
-        if not self.buf:
+                data = _bytes_join(d + taken, dlen - taken, NULL, 0)
+                d = <const unsigned char*> PyBytes_AS_STRING(data)
+                dlen -= taken
+        have = PyBytes_GET_SIZE(self.buf)
+        if not have:
             return data
-        have = len(self.buf)
-        if not self.delimited:
-            head = self.buf[:4] if have >= 4 else self.buf + data[:4 - have]
-            if len(head) == 4:
-                size = <Py_ssize_t> _be32(<const unsigned char*> PyBytes_AS_STRING(head))
-                need = 4 + size - have
-                if size <= self.max_frame and need <= len(data):
-                    self.rest = data
-                    self.rest_at = need
-                    return self.buf + data[:need]
-        return self.buf + data
+        c = <const unsigned char*> PyBytes_AS_STRING(self.buf)
+        if not self.delimited and have + dlen >= 4:
+            for i in range(4):
+                head[i] = c[i] if i < have else d[i - have]
+            size = <Py_ssize_t> _be32(head)
+            need = 4 + size - have
+            if size <= self.max_frame and need <= dlen:
+                self.rest = data
+                self.rest_at = need
+                return _bytes_join(c, have, d, need)
+        return _bytes_join(c, have, d, dlen)
 
     cdef object resume(self, Py_ssize_t* pos):
         """After take's carried frame, the chunk to go on cutting, with pos where its
@@ -3041,8 +3062,12 @@ cdef class _Framer:
             pos[0] = self.rest_at
         return rest
 
-    cdef void keep(self, bytes src, Py_ssize_t pos):
-        self.buf = src[pos:] if pos < len(src) else b""
+    cdef int keep(self, bytes src, Py_ssize_t pos) except -1:
+        """Carry src[pos:], a frame not yet whole, to the next chunk."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(src)
+        self.buf = _bytes_join(<const unsigned char*> PyBytes_AS_STRING(src) + pos, n - pos,
+                               NULL, 0) if pos < n else b""
+        return 0
 
     cdef inline int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
                          Py_ssize_t* a, Py_ssize_t* b, Py_ssize_t* raw_a, Py_ssize_t* raw_b) noexcept:

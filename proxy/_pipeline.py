@@ -29,6 +29,10 @@ class Sequencer:
     ``run_id`` drawn at start, makes decision ids unique across restarts.
     """
 
+    # Slots: the compiled engine reads and sets seq and decisions once a chunk, and a
+    # chunk may be one message (bench/README.md, "the carried frame").
+    __slots__ = ("seq", "decisions", "run_id", "counts")
+
     def __init__(self, seq: int = 0, run_id: str | None = None) -> None:
         self.seq = seq
         self.decisions = 0
