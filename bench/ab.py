@@ -22,11 +22,12 @@ same way, with e2e's load generator and switch:
   query in flight, so every chunk is one message.
 
 With `--decide`, a round measures each tree's compiled decision path instead, as
-bench/year.py runs it (`Engine.decide` over 64 KiB chunks, or `--chunk` bytes, of `--pool` distinct
-messages of the mix, framed len32, the example policy), in a process of its own with
-that tree's `proxy` on its path: ns a message, the fastest of `--passes` passes, since
-on a shared machine noise only ever adds.  A pool larger than the branch predictors
-can learn (tens of thousands) is what the year sees; a small pool flatters the code.
+bench/year.py runs it (`Engine.decide` over chunks of the proxy's receive size, or of
+`--chunk` bytes, of `--pool` distinct messages of the mix, framed len32, the example
+policy), in a process of its own with that tree's `proxy` on its path: ns a message,
+the fastest of `--passes` passes, since on a shared machine noise only ever adds.  A
+pool larger than the branch predictors can learn (tens of thousands) is what the year
+sees; a small pool flatters the code.
 
 With `--decide --one-process`, every tree's compiled engine is loaded into one process
 (each from its own file, under the one module name; the Python modules are the first
@@ -62,6 +63,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
 from _common import machine, order_balanced  # noqa: E402
+from proxy._server import RECEIVE_SIZE  # noqa: E402
 
 #: What one round measures of a tree, and whether more is better.
 MEASURES = {
@@ -208,8 +210,8 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=20_000)
     ap.add_argument("--decide", action="store_true", help="measure the decision path, not the proxy")
     ap.add_argument("--passes", type=int, default=7, help="passes over the pool a round (--decide)")
-    ap.add_argument("--chunk", type=int, default=65536,
-                    help="--decide: bytes a chunk (default 64 KiB, as bench/year.py)")
+    ap.add_argument("--chunk", type=int, default=RECEIVE_SIZE,
+                    help="--decide: bytes a chunk (default the proxy's receive size, as bench/year.py)")
     ap.add_argument("--one-process", action="store_true",
                     help="--decide: every tree's engine in one process, rounds alternated (use many rounds)")
     args = ap.parse_args()

@@ -6,9 +6,9 @@
 
 Messages come from a pool of distinct synthetic messages (at least a million at scale
 1.0: `--pool`), generated once from a seed with the seeds' share of ICE and HSI
-queries, framed (len32) into one stream and fed to the compiled engine in 64 KiB
-chunks, as the proxy receives them, again and again until the year's count is
-decided.  The matcher caches per field value (an ORI, a key), never per message.
+queries, framed (len32) into one stream and fed to the compiled engine in chunks of
+the proxy's receive size (``proxy._server.RECEIVE_SIZE``, 128 KiB), as the proxy
+receives them at full load, again and again until the year's count is decided.  The matcher caches per field value (an ORI, a key), never per message.
 In the same run the plain-Python twin decides a sample of the pool, for the ratio.
 What is timed is the decision path the issue sets the bar for: framing + decoding +
 decision of every message, counted by rule (Engine.decide).  In the same run, one
@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_jiffies, machine, steal_share  # noqa: E402
 
 YEAR = 290_000_000
-CHUNK = 65536
 PROGRESS_EVERY = 64  # chunks a worker decides between reports to the progress bar
 SLICE = 1.0  # seconds: the rate is also reported per slice of the run this long
 
@@ -69,6 +68,7 @@ def main() -> int:
     from proxy._framing import frame, make_framer
     from proxy._pipeline import Sequencer, utc_timestamp
     from proxy._policy import compile_policy, decide
+    from proxy._server import RECEIVE_SIZE as CHUNK
     from proxy._traffic import TrafficGenerator
 
     total = int(YEAR * args.scale)
@@ -159,7 +159,7 @@ def main() -> int:
     for (_, action, _), n in by_rule.items():
         counts[action] = counts.get(action, 0) + n
     dhs = sum(n for (_, action, rule), n in by_rule.items() if rule == "no-dmv-for-immigration")
-    print(f"pool: {pool_size:,} messages, {distinct:,} distinct")
+    print(f"pool: {pool_size:,} messages, {distinct:,} distinct, in chunks of {CHUNK:,} bytes")
     where = "one core" if args.workers == 1 else f"{args.workers} processes"
     print(f"decided: {done:,} messages in {wall:.1f} s = {rate:,.0f} decisions/s (compiled, {where})")
     print(f"  CPU time deciding: {' + '.join(f'{c:.2f}' for c in cpus)} s "
