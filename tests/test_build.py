@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import proxy._fastmatch
 from proxy._pgo import train
 
@@ -40,3 +42,33 @@ def test_setup_training_script_runs_the_workload():
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) > 4 * 120_000
+
+
+def _symbol_sizes(path: str) -> dict[str, int]:
+    """Text symbols' sizes in a built extension, from ``nm``; {} where there is no nm."""
+    try:
+        out = subprocess.run(["nm", "-S", path], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "tT":
+            sizes[parts[3]] = int(parts[1], 16)
+    return sizes
+
+
+def test_the_decision_loop_is_not_built_as_code_never_run():
+    """A profile-guided GCC build puts what its training never ran in a ``.cold``
+    section, optimized for size.  Once a change (the framer declared final) made the
+    build lose Engine._run's profile: the whole loop went to ``.cold`` and every
+    decision ran x1.04 slower, and nothing but a benchmark showed it.  The loop's hot
+    part must be the larger.  A build without a profile (another compiler,
+    STATEGATE_PGO=0) has no cold part to compare."""
+    sizes = _symbol_sizes(proxy._fastmatch.__file__)
+    if not sizes:
+        pytest.skip("no nm to read the built extension's symbols")
+    run = "__pyx_f_5proxy_10_fastmatch_6Engine__run"
+    assert run in sizes, "the engine's loop is not a symbol of its own: the test must follow the build"
+    cold = sizes.get(run + ".cold", 0)
+    assert sizes[run] > cold, f"Engine._run: {sizes[run]} bytes hot, {cold} cold"
