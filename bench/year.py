@@ -8,7 +8,8 @@ Messages come from a pool of distinct synthetic messages (at least a million at 
 1.0: `--pool`), generated once from a seed with the seeds' share of ICE and HSI
 queries, framed (len32) into one stream and fed to the compiled engine in chunks of
 the proxy's receive size (``proxy._server.RECEIVE_SIZE``, 128 KiB), as the proxy
-receives them at full load, again and again until the year's count is decided.  The matcher caches per field value (an ORI, a key), never per message.
+receives them at full load, again and again until the year's count is decided.  The
+matcher caches per field value (an ORI, a key), never per message.
 In the same run the plain-Python twin decides a sample of the pool, for the ratio.
 What is timed is the decision path the issue sets the bar for: framing + decoding +
 decision of every message, counted by rule (Engine.decide).  In the same run, one
