@@ -63,7 +63,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
 from _common import machine, order_balanced  # noqa: E402
-from proxy._server import RECEIVE_SIZE  # noqa: E402
+from proxy._pipeline import RECEIVE_SIZE  # noqa: E402
 
 #: What one round measures of a tree, and whether more is better.
 MEASURES = {

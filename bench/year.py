@@ -7,7 +7,7 @@
 Messages come from a pool of distinct synthetic messages (at least a million at scale
 1.0: `--pool`), generated once from a seed with the seeds' share of ICE and HSI
 queries, framed (len32) into one stream and fed to the compiled engine in chunks of
-the proxy's receive size (``proxy._server.RECEIVE_SIZE``, 128 KiB), as the proxy
+the proxy's receive size (``proxy._pipeline.RECEIVE_SIZE``, 128 KiB), as the proxy
 receives them at full load, again and again until the year's count is decided.  The
 matcher caches per field value (an ORI, a key), never per message.
 In the same run the plain-Python twin decides a sample of the pool, for the ratio.
@@ -69,7 +69,7 @@ def main() -> int:
     from proxy._framing import frame, make_framer
     from proxy._pipeline import Sequencer, utc_timestamp
     from proxy._policy import compile_policy, decide
-    from proxy._server import RECEIVE_SIZE as CHUNK
+    from proxy._pipeline import RECEIVE_SIZE as CHUNK
     from proxy._traffic import TrafficGenerator
 
     total = int(YEAR * args.scale)

@@ -1578,6 +1578,7 @@ cdef class Matcher:
     # rule r (n_rules: the default) and action k (ACT_*) at 2 * r + k, then the rejects'
     # (REJ_*) after them
     cdef tuple count_keys
+    cdef Py_ssize_t n_counts      # len(count_keys[d]): the slots of a chunk's counts array
     cdef int default_action
     cdef uint64_t* acc
     cdef uint64_t* dst_acc
@@ -1672,6 +1673,7 @@ cdef class Matcher:
                    for rid in self.rule_ids + ["default"] for k in range(2)]
                   + [(direction, "reject", rule) for rule in _REJECT_RULES])
             for direction in ("in", "out"))
+        self.n_counts = len(self.count_keys[0])
         self.rule_json = [_json.encode(rid) for rid in self.rule_ids] + [b'"default"']
         self.line_mode = b',"mode":' + _json.encode(policy.mode) + b',"forwarded":'
         self.line_rev = b',"rev":' + _json.encode(policy.rev) + b',"bytes":'
@@ -3476,7 +3478,7 @@ cdef class Engine:
         cdef int ok
         cdef Fields f
         cdef Buf* out = &self.lines
-        cdef long long* counts = <long long*> calloc(2 * (nrules + 1) + 2, sizeof(long long))
+        cdef long long* counts = <long long*> calloc(m.n_counts, sizeof(long long))
         cdef long long* rejects
         if counts == NULL:
             raise MemoryError()
@@ -3743,7 +3745,7 @@ cdef class Engine:
         cdef Py_ssize_t i
         cdef dict c = self.sequencer.counts
         cdef tuple keys = <tuple> m.count_keys[self.dir_code]
-        for i in range(2 * (m.n_rules + 1) + 2):
+        for i in range(m.n_counts):
             if counts[i]:
                 key = keys[i]
                 c[key] = c.get(key, 0) + counts[i]

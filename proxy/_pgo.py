@@ -23,7 +23,6 @@ from pathlib import Path
 #: Differs from every benchmark's seed.
 TRAINING_SEED = 8_675_309
 TRAINING_MESSAGES = 120_000
-_CHUNK = 65_536
 
 
 def train(messages: int = TRAINING_MESSAGES, seed: int = TRAINING_SEED) -> int:
@@ -32,7 +31,7 @@ def train(messages: int = TRAINING_MESSAGES, seed: int = TRAINING_SEED) -> int:
     from ._config import load_config
     from ._fastmatch import Engine, Matcher
     from ._framing import frame
-    from ._pipeline import Sequencer
+    from ._pipeline import RECEIVE_SIZE, Sequencer
     from ._policy import compile_policy
     from ._traffic import TrafficGenerator
 
@@ -43,7 +42,8 @@ def train(messages: int = TRAINING_MESSAGES, seed: int = TRAINING_SEED) -> int:
     decided = 0
     for framing, terminator in (("len32", b""), ("delimited", b"\r\n\x7f")):
         stream = b"".join(frame(p, framing, terminator) for p in payloads)
-        chunks = [stream[i : i + _CHUNK] for i in range(0, len(stream), _CHUNK)]
+        # cut as the proxy receives it at full load (and bench/year.py cuts the year)
+        chunks = [stream[i : i + RECEIVE_SIZE] for i in range(0, len(stream), RECEIVE_SIZE)]
         for direction in ("in", "out"):
             engine = Engine(direction, 1, "127.0.0.1:1", framing, 1 << 20, terminator or b"\r\n\x7f", Sequencer())
             for chunk in chunks:

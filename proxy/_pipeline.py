@@ -20,6 +20,15 @@ from ._policy import Policy, decide
 from ._reply import Denial, ReplyWriter
 from ._types import LogRecord
 
+#: The most the proxy's pump receives at once (proxy._server), so one chunk decided at
+#: a time: 128 KiB, since at full load every chunk carries trio's and the pump's fixed
+#: cost (bench/README.md: 2.58 -> 2.16 us of CPU a message against 64 KiB, and no
+#: better at 256 KiB), while each direction of a connection keeps buffers of a few
+#: times one chunk (its log lines).  Here, not in the trio layer, so that what imports
+#: no trio (the profile-guided build's training, proxy._pgo) cuts chunks the same size.
+RECEIVE_SIZE = 131072
+
+
 
 class Sequencer:
     """Numbers shared by every engine that writes to one log.

@@ -25,14 +25,9 @@ from ._config import Config, ConfigError, TlsConfig, load_config
 from ._fastmatch import Engine, Matcher
 from ._log import DecisionLog, LogUnavailable, read_key
 from ._metrics import Metrics, serve_admin
-from ._pipeline import Sequencer, incomplete_record, utc_timestamp
+from ._pipeline import RECEIVE_SIZE, Sequencer, incomplete_record, utc_timestamp
 from ._policy import compile_policy
 
-#: The most one receive takes, so one chunk decided at a time: 128 KiB, since at full
-#: load every chunk carries trio's and the pump's fixed cost (bench/README.md: 2.58 ->
-#: 2.16 us of CPU a message against 64 KiB, and no better at 256 KiB), while each
-#: direction of a connection keeps buffers of a few times one chunk (its log lines).
-RECEIVE_SIZE = 131072
 #: When a connection is closed (shutdown, idle, frame timeout), how long a forward
 #: already under way may still take to finish its frames.
 SEND_GRACE = 5.0
