@@ -71,8 +71,7 @@ class BuildExt(build_ext):
                     ext.extra_link_args = base_link + [f"-fprofile-generate={profile}"]
                     super().build_extension(ext)
                     self._train(self.get_ext_fullpath(ext.name), profile)
-                    ext.extra_compile_args = base_compile + [
-                        f"-fprofile-use={profile}", "-fprofile-correction", "-Wno-missing-profile"]  # fmt: skip
+                    ext.extra_compile_args = base_compile + PROFILE_USE + [f"-fprofile-use={profile}"]
                     ext.extra_link_args = base_link
                     super().build_extension(ext)
                     print(f"stategate: {ext.name} built profile-guided", file=sys.stderr)
@@ -116,6 +115,15 @@ class BuildExt(build_ext):
         if not any(name.endswith(".gcda") for _, _, names in os.walk(profile) for name in names):
             raise RuntimeError(f"the training run of {built} recorded no profile")
 
+
+#: With the profile.  ``-fprofile-partial-training``: what the training did not run is
+#: compiled as without a profile, not shrunk as code never run.  Without it, one
+#: change (the framer declared final) had the whole decision loop, Engine._run, built
+#: as never run, x1.04 slower; with it that build keeps the loop hot (bench/README.md,
+#: "partial training"), and as the code is now the decision path took x0.976 of the
+#: time and the proxy's path (with log lines) x0.979 (bench/ab.py --decide
+#: --one-process).
+PROFILE_USE = ["-fprofile-correction", "-Wno-missing-profile", "-fprofile-partial-training"]
 
 #: Added for GCC only.  GCC's inliner at -O3 keeps the text reader (_text_read) and
 #: the XML one (_xml_spans) out of line, each too big for its limits, though each is

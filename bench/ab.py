@@ -29,6 +29,9 @@ the fastest of `--passes` passes, since on a shared machine noise only ever adds
 pool larger than the branch predictors can learn (tens of thousands) is what the year
 sees; a small pool flatters the code.
 
+With `--decide --feed`, the path measured is `Engine.feed` instead: the decisions
+and each one's log line formatted, what the proxy runs on a chunk before writing it.
+
 With `--decide --one-process`, every tree's compiled engine is loaded into one process
 (each from its own file, under the one module name; the Python modules are the first
 tree's, so this compares engines, not the rest) and the rounds alternate between them
@@ -75,6 +78,7 @@ MEASURES = {
     "cpu_us_per_query": False,
     "cpu_us_per_trip": False,
     "decide_ns_per_msg": False,
+    "feed_ns_per_msg": False,
 }
 
 #: The decision path of each tree given (--decide: one tree a process, with that tree's
@@ -90,8 +94,8 @@ from proxy._framing import frame
 from proxy._pipeline import Sequencer
 from proxy._policy import compile_policy
 from proxy._traffic import TrafficGenerator
-pool, passes, seed, rounds, size = (int(a) for a in sys.argv[1:6])
-trees = sys.argv[6:]
+pool, passes, seed, rounds, size, feed = (int(a) for a in sys.argv[1:7])
+trees = sys.argv[7:]
 
 def load(tree):
     (path,) = glob.glob(tree + "/proxy/_fastmatch*.so")
@@ -122,7 +126,10 @@ def fastest(engine, matcher):
     best = float("inf")
     for _ in range(passes):
         t = time.perf_counter()
-        n = sum(engine.decide(c, matcher) for c in chunks)
+        if feed:  # with each decision's log line formatted, as the proxy runs it
+            n = sum(engine.feed(c, matcher).count for c in chunks)
+        else:
+            n = sum(engine.decide(c, matcher) for c in chunks)
         best = min(best, (time.perf_counter() - t) / n * 1e9)
     return best
 
@@ -156,12 +163,13 @@ def measure_decide(trees: list[Path], rounds: int, args: argparse.Namespace) -> 
     """The trees' decision paths in one process of their own, ``rounds`` rounds
     alternated; by tree, a measure a round."""
     out = subprocess.run([sys.executable, "-c", DECIDE, str(args.pool), str(args.passes), str(args.seed),
-                          str(rounds), str(args.chunk), *map(str, trees)],
+                          str(rounds), str(args.chunk), str(int(args.feed)), *map(str, trees)],
                          cwd=trees[0], env={"PYTHONPATH": str(trees[0])}, capture_output=True, text=True)  # fmt: skip
     if out.returncode:
         raise SystemExit(f"{', '.join(map(str, trees))}: the decision path did not run:\n{out.stderr}")
     rows = [[float(x) for x in line.split()] for line in out.stdout.splitlines()]
-    return [[{"decide_ns_per_msg": row[i]} for row in rows] for i in range(len(trees))]
+    key = "feed_ns_per_msg" if args.feed else "decide_ns_per_msg"
+    return [[{key: row[i]} for row in rows] for i in range(len(trees))]
 
 
 def measure(tree: Path, switch_port: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -212,6 +220,8 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=7, help="passes over the pool a round (--decide)")
     ap.add_argument("--chunk", type=int, default=RECEIVE_SIZE,
                     help="--decide: bytes a chunk (default the proxy's receive size, as bench/year.py)")
+    ap.add_argument("--feed", action="store_true",
+                    help="--decide: Engine.feed, each decision's log line formatted (the proxy's path)")
     ap.add_argument("--one-process", action="store_true",
                     help="--decide: every tree's engine in one process, rounds alternated (use many rounds)")
     args = ap.parse_args()

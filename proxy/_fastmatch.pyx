@@ -2981,7 +2981,9 @@ cdef bytes _bytes_join(const unsigned char* a, Py_ssize_t alen, const unsigned c
 # profile-guided build put Engine._run, the whole decision loop, in its section for code
 # never run (116 KiB of .cold, 200 bytes hot), and the decision path took x1.04 to x1.05
 # of the time (bench/README.md, "the carried frame").  Why the profile lost the loop is
-# not known; tests/test_build.py fails a build where it does.
+# not known; tests/test_build.py fails a build where it does.  Since the build has
+# -fprofile-partial-training (setup.py) the loop stays hot even so, but final still
+# measured x1.03 slower (bench/README.md, "partial training").
 cdef class _Framer:
     """Compiled framing; the plain statement is proxy._framing.
 

@@ -70,5 +70,10 @@ def test_the_decision_loop_is_not_built_as_code_never_run():
         pytest.skip("no nm to read the built extension's symbols")
     run = "__pyx_f_5proxy_10_fastmatch_6Engine__run"
     assert run in sizes, "the engine's loop is not a symbol of its own: the test must follow the build"
-    cold = sizes.get(run + ".cold", 0)
-    assert sizes[run] > cold, f"Engine._run: {sizes[run]} bytes hot, {cold} cold"
+    # GCC may also build specialized copies (Engine__run.constprop.0), each with its own
+    # cold part: every copy's hot part must be the larger
+    copies = [name for name in sizes
+              if (name == run or name.startswith(run + ".")) and not name.endswith(".cold")]
+    for name in copies:
+        cold = sizes.get(name + ".cold", 0)
+        assert sizes[name] > cold, f"{name}: {sizes[name]} bytes hot, {cold} cold"
