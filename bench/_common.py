@@ -25,6 +25,22 @@ def machine() -> str:
     return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}, text masks {text_masks_in_use()}"
 
 
+def idle_polling() -> str | None:
+    """How long an idle CPU polls before it halts, where the guest kernel's haltpoll
+    idle driver says (a KVM guest): None elsewhere.  A halted virtual CPU is woken
+    through the hypervisor, and on the 2-core VM of bench/README.md, whose polling is
+    off, that wake-up is most of a relay's latency at 10,000 queries a second
+    ("halt polling"), so a latency figure is read with it."""
+    try:
+        ns = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read_text().strip()
+        driver = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip()
+    except OSError:
+        return None
+    if driver != "haltpoll":
+        return None
+    return f"idle CPUs poll {int(ns) / 1000:g} us before halting (haltpoll guest_halt_poll_ns {ns})"
+
+
 def cpu_jiffies() -> dict[str, int]:
     """The machine's CPU time so far by kind, all CPUs (/proc/stat's first line), in
     clock ticks; empty where there is no /proc/stat."""

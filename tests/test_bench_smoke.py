@@ -73,6 +73,11 @@ def test_e2e_smoke():
     assert len(rows) >= 3 and all(_all_answered(row) for row in rows)  # every query sent was answered
     assert "queries skipped, the load generator itself over inf ms late" in out
     assert "CPU time stolen by the hypervisor" in out
+    polling = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    driver = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+    if polling.exists() and driver.exists() and driver.read_text().strip() == "haltpoll":
+        ns = polling.read_text().strip()
+        assert f"before halting (haltpoll guest_halt_poll_ns {ns})" in out.splitlines()[1]
     cpu = out.split("CPU a query (median): ")[1].split("\n")[0]
     assert float(cpu.split("stategate ")[1].split(" us")[0]) > 0  # the proxy's CPU, read from /proc
     chunks = out.split("stategate's own time a chunk (its /metrics; ")[1].split(" chunks")[0]
@@ -184,6 +189,16 @@ def test_ab_decide_in_one_process_smoke():
     ratio = float(medians.split("   x")[1].split()[0])
     assert 0.2 < ratio < 5  # the same tree twice: a reading, not a wild one
     assert "; order-balanced x" in medians
+
+
+def test_ab_feed_in_one_process_smoke():
+    """bench/ab.py --decide --feed: Engine.feed, the decisions with their log lines."""
+    tree = str(BENCH.parent)
+    out = bench(str(BENCH / "ab.py"), tree, tree, "--decide", "--feed", "--one-process", "--rounds", "2",
+                "--pool", "3000", "--passes", "1")  # fmt: skip
+    medians = out.split("medians of 2 rounds")[1]
+    assert medians.count("feed_ns_per_msg") == 2 and "decide_ns_per_msg" not in medians
+    assert float(medians.split("feed_ns_per_msg")[1].split()[0]) > 0
 
 
 def test_soak_smoke():
