@@ -29,7 +29,6 @@ from ._types import LogRecord
 RECEIVE_SIZE = 131072
 
 
-
 class Sequencer:
     """Numbers shared by every engine that writes to one log.
 
