@@ -2,7 +2,7 @@
 (SHA-256 and HMAC, fsync at each seal) against the same logging without seals.
 
     python bench/sealcost.py [--messages N] [--runs R]
-    python bench/sealcost.py --proxy [--runs R] [--seconds T]
+    python bench/sealcost.py --proxy [--runs R] [--seconds T] [--rate Q [--latency-seconds L]]
 
 Each configuration runs the compiled engine over the same pre-framed synthetic
 traffic in 64 KiB chunks (as the proxy receives it) and writes every batch to a real
@@ -23,6 +23,11 @@ generator and switch (four connections sending as fast as the proxy takes them,
 responses flowing back), rounds interleaved as above: messages decided and logged a
 second, from the log's ``seq``.  On this two-core machine the seal's hash thread and
 fsync share the CPUs with the load generator and the switch, so their whole cost shows.
+With ``--rate Q``, each round also offers each proxy Q queries a second on one
+connection for ``--latency-seconds`` (e2e.py's latency run) and reports the round
+trip's p50 and p99, and what each configuration adds to the unsealed one's (the median
+over rounds of each round's difference): whether the seals and their fsync lengthen
+a query's round trip, at the rate of the p99 bar (issue 4).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine  # noqa: E402
+from _common import idle_polling, machine  # noqa: E402
 
 
 def main() -> None:
@@ -46,6 +51,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--proxy", action="store_true", help="through a running proxy (see above)")
     ap.add_argument("--seconds", type=float, default=3.0, help="--proxy: sending time of each run")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="--proxy: also a latency run at this many queries a second each round (0: none)")
+    ap.add_argument("--latency-seconds", type=float, default=4.0, help="--proxy: sending time of a latency run")
     args = ap.parse_args()
     if args.proxy:
         proxy_runs(args)
@@ -104,6 +112,8 @@ def proxy_runs(args: argparse.Namespace) -> None:
     programs = {"unsealed": (unsealed, ""), "sealed sha256, fsync": (None, ""),
                 "sealed sha256, no fsync": (None, "fsync = false\n")}  # fmt: skip
     results: dict[str, list[float]] = {name: [] for name in programs}
+    #: per configuration, each round's (p50, p99) round trip in microseconds (--rate)
+    latencies: dict[str, list[tuple[float, float]]] = {name: [] for name in programs}
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         switch = subprocess.Popen([sys.executable, str(e2e.HERE), "--role", "switch", "--seed", "7",
                                    "--pool", str(load_args.pool)], stdout=subprocess.PIPE)  # fmt: skip
@@ -121,6 +131,9 @@ def proxy_runs(args: argparse.Namespace) -> None:
                 for name, (proc, port, workdir) in list(proxies.items())[:: -1 if run % 2 else 1]:
                     r = e2e.stategate_throughput(load_args, port, proc.pid, workdir)
                     results[name].append(r["decided"] / r["seconds"])
+                    if args.rate:
+                        r = e2e.load(load_args, port, rate=args.rate, seconds=args.latency_seconds)
+                        latencies[name].append((r["p50_us"], r["p99_us"]))
                     _drop_rotated(workdir)
                     os.sync()  # this run's writeback done before the next run starts
             seals = {name: _seal_records(workdir) for name, (_, _, workdir) in proxies.items()}
@@ -130,13 +143,32 @@ def proxy_runs(args: argparse.Namespace) -> None:
             for p in procs:
                 p.wait(timeout=15)
     print(machine())
+    if (polling := idle_polling()) is not None:
+        print(polling)
     print(f"through the proxy (stategate run), {load_args.connections} connections, "
           f"{args.seconds:g} s of sending a run, {args.runs} rounds:")
     _report(results)
+    if args.rate:
+        print(f"\nround trip at {args.rate:,} queries a second, one connection, {args.latency_seconds:g} s a run:")
+        _report_latency(latencies)
     # what each proxy's log holds now (the older rotated files were deleted)
     print("seal records in each log: " + ", ".join(f"{name} {n:,}" for name, n in seals.items()))
     if seals["unsealed"] or not all(n for name, n in seals.items() if name != "unsealed"):
         raise SystemExit("sealcost: the unsealed log has seals, or a sealed one has none")
+
+
+def _report_latency(latencies: dict[str, list[tuple[float, float]]]) -> None:
+    """Each configuration's median p50 and p99, and the median over rounds of its
+    difference to the unsealed run of the same round."""
+    base = latencies["unsealed"]
+    print(f"{'configuration':<26}{'p50 us':>8}{'p99 us':>8}{'vs unsealed: p50':>18}{'p99':>7}   p99 of each round (us)")
+    for name, runs in latencies.items():
+        p50 = statistics.median(a for a, _ in runs)
+        p99 = statistics.median(b for _, b in runs)
+        d50 = statistics.median(a - a0 for (a, _), (a0, _) in zip(runs, base))
+        d99 = statistics.median(b - b0 for (_, b), (_, b0) in zip(runs, base))
+        print(f"{name:<26}{p50:>8,.0f}{p99:>8,.0f}{d50:>+18,.0f}{d99:>+7,.0f}   {', '.join(f'{b:,.0f}' for _, b in runs)}")
+    print("(vs unsealed: the median over rounds of each round's difference to its own unsealed run)")
 
 
 def _seal_records(workdir: Path) -> int:

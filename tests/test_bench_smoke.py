@@ -215,8 +215,6 @@ def test_soak_smoke():
 @pytest.mark.parametrize("script, args, shown", [
     ("logtools.py", ["--lines", "20000", "--runs", "1"], "verify"),
     ("sealcost.py", ["--messages", "5000", "--runs", "1"], "sealed sha256, fsync"),
-    # through running proxies; it checks itself that only the unsealed log has no seals
-    ("sealcost.py", ["--proxy", "--runs", "1", "--seconds", "0.5"], "seal records in each log: unsealed 0, sealed"),
     ("fsyncstall.py", ["--writes", "50", "--runs", "1"], "reserved, drop-behind"),
     ("feedloop.py", ["--passes", "3"], "Engine.feed: 3,000 messages"),
     ("feedloop.py", ["--passes", "3", "--log", "--chunk", "65536"], "Engine.feed and the log: 3,000 messages"),
@@ -231,6 +229,28 @@ def test_soak_smoke():
 def test_log_benchmarks_smoke(script, args, shown):
     out = bench(str(BENCH / script), *args)
     assert "nproc" in out and shown in out
+
+
+def test_sealcost_proxy_smoke():
+    """Through running proxies: the throughput table (sealcost checks itself that only
+    the unsealed log has no seals) and, with --rate, each round a latency run through
+    each configuration's proxy: a row for each with its p50 and p99, its differences to
+    the unsealed run's, and every round's p99."""
+    out = bench(str(BENCH / "sealcost.py"), "--proxy", "--runs", "1", "--seconds", "0.3",
+                "--rate", "500", "--latency-seconds", "0.4")  # fmt: skip
+    assert "nproc" in out and "seal records in each log: unsealed 0, sealed" in out
+    table = out.split("round trip at 500 queries a second, one connection, 0.4 s a run:\n")[1]
+    rows = {}
+    for name in ("unsealed", "sealed sha256, fsync", "sealed sha256, no fsync"):
+        line = next(line for line in table.splitlines() if line[:26].rstrip() == name)
+        p50, p99, d50, d99, *rounds = (float(x.rstrip(",").replace(",", "")) for x in line[26:].split())
+        rows[name] = (p50, p99, d50, d99, rounds)
+    for p50, p99, _, _, rounds in rows.values():
+        assert 0 < p50 <= p99 and rounds == [p99]  # one round: its p99 is the median
+    base50, base99 = rows["unsealed"][:2]
+    for p50, p99, d50, d99, _ in rows.values():  # one round: the differences of the medians
+        assert abs(d50 - (p50 - base50)) <= 1 and abs(d99 - (p99 - base99)) <= 1  # each rounded
+    assert rows["unsealed"][2:4] == (0, 0)  # the baseline's own difference
 
 
 def _bench_module(name: str):
