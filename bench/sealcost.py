@@ -131,11 +131,12 @@ def proxy_runs(args: argparse.Namespace) -> None:
                 for name, (proc, port, workdir) in list(proxies.items())[:: -1 if run % 2 else 1]:
                     r = e2e.stategate_throughput(load_args, port, proc.pid, workdir)
                     results[name].append(r["decided"] / r["seconds"])
+                    _drop_rotated(workdir)
+                    os.sync()  # this run's writeback done before the next run starts
                     if args.rate:
                         r = e2e.load(load_args, port, rate=args.rate, seconds=args.latency_seconds)
                         latencies[name].append((r["p50_us"], r["p99_us"]))
-                    _drop_rotated(workdir)
-                    os.sync()  # this run's writeback done before the next run starts
+                        os.sync()
             seals = {name: _seal_records(workdir) for name, (_, _, workdir) in proxies.items()}
         finally:
             for p in procs:
