@@ -73,12 +73,7 @@ def test_e2e_smoke():
     assert len(rows) >= 3 and all(_all_answered(row) for row in rows)  # every query sent was answered
     assert "queries skipped, the load generator itself over inf ms late" in out
     assert "CPU time stolen by the hypervisor" in out
-    sys.path.insert(0, str(BENCH))
-    try:
-        from _common import idle_polling
-    finally:
-        sys.path.remove(str(BENCH))
-    polling = idle_polling()  # the guest's idle polling, printed under the machine line where known
+    polling = _bench_module("_common").idle_polling()  # printed under the machine line where known
     if polling is None:
         assert "before halting" not in out
     else:
