@@ -10,13 +10,16 @@ The base file is always the newest.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
 SEAL_PREFIX = b'{"seal":'
 ZERO_HASH = "0" * 64
+
+#: Told of a torn last line, a write cut short by a kill or a crash: (file, line number).
+TornLine = Callable[[Path, int], None]
 
 
 class LogFileError(Exception):
@@ -90,8 +93,17 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def iter_lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
-    """(file, 1-based line number, line without its newline), in log order."""
+def line_number_at(path: Path, offset: int) -> int:
+    """The 1-based number of the line that starts at byte ``offset`` of ``path``."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def iter_lines(files: list[Path], on_torn: TornLine | None = None
+               ) -> Iterator[tuple[Path, int, bytes]]:  # fmt: skip
+    """(file, 1-based line number, line without its newline), in log order.  A last
+    line without its newline, torn by a write cut short, is left out, and
+    ``on_torn(file, line number)`` told of it."""
     for path in files:
         try:
             f = open(path, "rb")
@@ -99,4 +111,8 @@ def iter_lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
             raise LogFileError(f"{path}: cannot read: {exc.strerror}") from None
         with f:
             for n, line in enumerate(f, 1):
-                yield path, n, line.rstrip(b"\n")
+                if not line.endswith(b"\n"):
+                    if on_torn is not None:
+                        on_torn(path, n)
+                    break
+                yield path, n, line[:-1]

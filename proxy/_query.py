@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from ._logfiles import SEAL_PREFIX, iter_lines
+from ._logfiles import SEAL_PREFIX, TornLine, iter_lines
 from ._policy import ori_matches
 from ._types import LogRecord
 
@@ -27,15 +27,19 @@ class BadLogLine(Exception):
 
 
 def decode_record(path: Path, lineno: int, line: bytes) -> LogRecord:
+    """``lineno``: counted from the file's start (1, 2 …), or from its end (-1 the
+    last line, for a file read backwards), or 0 where it is not known."""
     try:
         return _record.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise BadLogLine(f"{path}:{lineno}: not a decision record ({exc})") from None
+        where = f"{path}:{lineno}" if lineno > 0 else f"{path}, line {-lineno} from the end" if lineno else str(path)
+        raise BadLogLine(f"{where}: not a decision record ({exc})") from None
 
 
-def records(files: list[Path]) -> Iterator[LogRecord]:
-    """Decision records in log order; seal lines skipped; blank lines ignored."""
-    for path, n, line in iter_lines(files):
+def records(files: list[Path], on_torn: TornLine | None = None) -> Iterator[LogRecord]:
+    """Decision records in log order; seal lines skipped; blank lines ignored; a torn
+    last line left out (``on_torn``: see iter_lines)."""
+    for path, n, line in iter_lines(files, on_torn):
         if not line or line.startswith(SEAL_PREFIX):
             continue
         yield decode_record(path, n, line)

@@ -6,7 +6,8 @@ which counts lines by the raw JSON of the fields asked for.  Keys are decoded on
 distinct value afterwards, and filters are applied to the aggregated keys, which gives
 exactly the answer filtering each line would, at a fraction of the cost.  A line the
 scanner cannot read is decoded strictly by msgspec instead; one that is not a record
-at all is an error naming its file and line.
+at all is an error naming its file and line.  A torn last line (no newline at the end)
+is not a line: it is left out, and the caller told.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ._fastmatch import FIELD_NAMES, TS_PREFIX_BASE, Matcher, count_records, replay_records
+from ._logfiles import TornLine, line_number_at
 from ._query import BadLogLine, decode_record
 from ._types import LogRecord, Message
 
@@ -27,8 +29,11 @@ _FIELD_ID = {name: i for i, name in enumerate(FIELD_NAMES)}
 _json = msgspec.json.Encoder()
 
 
-def _chunks(files: list[Path]) -> Iterator[tuple[Path, bytes, int, int]]:
-    """(file, data, end, offset of data in the file): data[:end] is whole lines."""
+def _chunks(files: list[Path], on_torn: TornLine | None = None) -> Iterator[tuple[Path, bytes, int, int]]:
+    """(file, data, end, offset of data in the file): data[:end] is whole lines.  A
+    last line without its newline is torn, a write cut short by a kill or a crash (its
+    message was never forwarded): it is left out, and ``on_torn(file, line number)``
+    told of it."""
     for path in files:
         try:
             f = open(path, "rb")
@@ -40,8 +45,8 @@ def _chunks(files: list[Path]) -> Iterator[tuple[Path, bytes, int, int]]:
             while True:
                 chunk = f.read(CHUNK)
                 if not chunk:
-                    if carry:  # a last line without its newline
-                        yield path, carry + b"\n", len(carry) + 1, offset
+                    if carry and on_torn is not None:
+                        on_torn(path, line_number_at(path, offset))
                     break
                 data = carry + chunk if carry else chunk
                 end = data.rfind(b"\n") + 1
@@ -49,11 +54,6 @@ def _chunks(files: list[Path]) -> Iterator[tuple[Path, bytes, int, int]]:
                     yield path, data, end, offset
                 carry = data[end:]
                 offset += end
-
-
-def _line_number(path: Path, offset: int) -> int:
-    with open(path, "rb") as f:
-        return f.read(offset).count(b"\n") + 1
 
 
 def _in_window(ts: str, lo: str | None, hi: str | None) -> bool:
@@ -73,7 +73,7 @@ def _raw_value(r: LogRecord, field: str) -> bytes:
 
 
 def aggregate(files: list[Path], fields: list[str], lo: str | None = None,
-              hi: str | None = None) -> dict[tuple, int]:  # fmt: skip
+              hi: str | None = None, on_torn: TornLine | None = None) -> dict[tuple, int]:  # fmt: skip
     """Counts of decision lines by the values of ``fields`` (record fields, or hour,
     day, month), within [lo, hi) if given.  Keys hold decoded values; list fields
     (dst, groups) as tuples."""
@@ -83,13 +83,13 @@ def aggregate(files: list[Path], fields: list[str], lo: str | None = None,
 
     def fallback(line: bytes, offset: int):
         path = current[0]
-        r = decode_record(path, _line_number(path, offset), line)
+        r = decode_record(path, line_number_at(path, offset), line)
         if not _in_window(r.ts, lo, hi):
             return r.ts, None
         return r.ts, b"\x00".join(_raw_value(r, f) for f in fields)
 
     lo_b, hi_b = (lo or "").encode(), (hi or "").encode()
-    for path, data, end, offset in _chunks(files):
+    for path, data, end, offset in _chunks(files, on_torn):
         current[:] = [path]
         count_records(data, end, ids, lo_b, hi_b, counts, fallback, offset)
     return _decode_keys(counts, fields)
@@ -127,17 +127,17 @@ class Row:
         self.__dict__.update(zip(fields, values))
 
 
-def weighted_rows(files: list[Path], fields: list[str], lo: str | None, hi: str | None
-                  ) -> Iterator[tuple[Row, int]]:  # fmt: skip
-    for key, n in aggregate(files, fields, lo, hi).items():
+def weighted_rows(files: list[Path], fields: list[str], lo: str | None, hi: str | None,
+                  on_torn: TornLine | None = None) -> Iterator[tuple[Row, int]]:  # fmt: skip
+    for key, n in aggregate(files, fields, lo, hi, on_torn).items():
         yield Row(fields, key), n
 
 
 # ------------------------------------------------------------------- replay
 
 
-def replay_counts(files: list[Path], matcher: Matcher, lo: str | None = None,
-                  hi: str | None = None) -> dict[tuple[str, str, str, str], int]:  # fmt: skip
+def replay_counts(files: list[Path], matcher: Matcher, lo: str | None = None, hi: str | None = None,
+                  on_torn: TornLine | None = None) -> dict[tuple[str, str, str, str], int]:  # fmt: skip
     """(logged action, logged rule, new action, new rule) -> lines."""
     counts: dict[bytes, int] = {}
     cache: dict[bytes, bytes] = {}
@@ -145,7 +145,7 @@ def replay_counts(files: list[Path], matcher: Matcher, lo: str | None = None,
 
     def fallback(line: bytes, offset: int):
         path = current[0]
-        r = decode_record(path, _line_number(path, offset), line)
+        r = decode_record(path, line_number_at(path, offset), line)
         if not _in_window(r.ts, lo, hi):
             return r.ts, None
         if r.action == "reject" or r.mke is None or r.ori is None:
@@ -158,7 +158,7 @@ def replay_counts(files: list[Path], matcher: Matcher, lo: str | None = None,
         return r.ts, b"\x00".join(parts)
 
     lo_b, hi_b = (lo or "").encode(), (hi or "").encode()
-    for path, data, end, offset in _chunks(files):
+    for path, data, end, offset in _chunks(files, on_torn):
         current[:] = [path]
         replay_records(data, end, matcher, lo_b, hi_b, counts, fallback, cache, offset)
     out: dict[tuple, int] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 
-from ._logfiles import SEAL_PREFIX, LogFileError, log_files, rotated_files
+from ._logfiles import SEAL_PREFIX, LogFileError, TornLine, line_number_at, log_files, rotated_files
 from ._query import Filter, decode_record
 from ._types import LogRecord
 
@@ -58,13 +58,16 @@ def format_seal(line: bytes, colour: bool) -> str:
     return f"{DIM}{text}{RESET}" if colour else text
 
 
-def _backwards(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number counted from the end as a negative index, line), last line first."""
+def _backwards(path: Path, on_torn: TornLine | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number counted from the end as a negative index, line), last line first.
+    A last line without its newline, torn by a write cut short, is left out, and
+    ``on_torn(file, line number)`` told of it."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
-        pos = f.tell()
+        pos = size_at_end = f.tell()
         rest = b""
         index = 0
+        first = True
         while pos > 0:
             size = min(BLOCK, pos)
             pos -= size
@@ -72,22 +75,33 @@ def _backwards(path: Path) -> Iterator[tuple[int, bytes]]:
             data = f.read(size) + rest
             lines = data.split(b"\n")
             rest = lines[0]
+            if first and len(lines) > 1:
+                first = False
+                torn = lines.pop()
+                if torn and on_torn is not None:
+                    on_torn(path, line_number_at(path, size_at_end - len(torn)))
             for line in reversed(lines[1:]):
                 if line:
                     index -= 1
                     yield index, line
         if rest:
+            if first:  # the file is one line, without its newline: torn
+                if on_torn is not None:
+                    on_torn(path, 1)
+                return
             yield index - 1, rest
 
 
-def last_lines(files: list[Path], n: int, keep: Callable[[bytes, Path], bool]) -> list[bytes]:
-    """The last ``n`` lines that ``keep`` accepts, in log order."""
+def last_lines(files: list[Path], n: int, keep: Callable[[bytes, Path, int], bool],
+               on_torn: TornLine | None = None) -> list[bytes]:  # fmt: skip
+    """The last ``n`` lines that ``keep(line, file, index from the end)`` accepts, in
+    log order; torn last lines left out (see _backwards)."""
     found: deque[bytes] = deque()
     if n <= 0:
         return []
     for path in reversed(files):
-        for _, line in _backwards(path):
-            if keep(line, path):
+        for index, line in _backwards(path, on_torn):
+            if keep(line, path, index):
                 found.appendleft(line)
                 if len(found) >= n:
                     return list(found)
@@ -134,7 +148,7 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
 
     f, inode = open_base()
     if f is not None:
-        f.seek(0, os.SEEK_END)
+        _after_last_newline(f)  # a line being written is printed once it is whole
     partial = b""
 
     def drain(fh: IO[bytes]) -> None:
@@ -181,6 +195,20 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
         f.close()
 
 
+def _after_last_newline(f: IO[bytes]) -> None:
+    """Put ``f`` just after its last newline (at its start if it has none)."""
+    pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+        size = min(BLOCK, pos)
+        pos -= size
+        f.seek(pos)
+        i = f.read(size).rfind(b"\n")
+        if i >= 0:
+            f.seek(pos + i + 1)
+            return
+    f.seek(0)
+
+
 def _inode(p: Path) -> int | None:
     try:
         return os.stat(p).st_ino
@@ -188,7 +216,7 @@ def _inode(p: Path) -> int | None:
         return None
 
 
-def run_tail(log: str, n: int, follow_: bool, printer: Printer) -> int:
+def run_tail(log: str, n: int, follow_: bool, printer: Printer, on_torn: TornLine | None = None) -> int:
     base = Path(log)
     try:
         files = log_files(base)
@@ -196,7 +224,9 @@ def run_tail(log: str, n: int, follow_: bool, printer: Printer) -> int:
         if not follow_:
             raise
         files = []
-    for line in last_lines(files, n, lambda line, path: printer.accept(line, path)):
+    # Following, a last line without its newline is likely being written: it is
+    # printed once whole, so it is not reported as torn.
+    for line in last_lines(files, n, printer.accept, None if follow_ else on_torn):
         printer.emit(line, base)
     if follow_:
         try:

@@ -5,7 +5,12 @@ When a block fails, it is read again line by line to name the first line that br
 it: a sequence number out of place (a line deleted, inserted or moved), a line that is
 not a record, or, when every line looks in place, the seal itself (a line altered).
 Lines after the last seal are reported as unsealed, which is what a killed proxy
-leaves, and are not a break.
+leaves, and are not a break.  Nor is a torn last line (no newline at the end) of the
+newest file: a proxy killed, or a machine that lost power, in the middle of a write
+leaves one, and since the message waited for that write it was never forwarded.  It is
+reported as torn.  Cutting a log short mid-line proves no more than cutting it at a
+line's end, which leaves unsealed lines, so nothing is lost to tamper evidence.  A
+torn line in any older file is a break: a rotated file ends with a seal.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class VerifyResult(msgspec.Struct):
     seals: int = 0
     unsealed: int = 0
     unsealed_from: str | None = None  # "file:line" of the first unsealed line
+    torn: str | None = None  # "file:line" of a torn last line (cut short mid-write)
     broken: Break | None = None
 
     @property
@@ -106,9 +112,12 @@ class _Verifier:
                 chunk = f.read(CHUNK)
                 data = carry + chunk
                 if not chunk:
-                    if data:
-                        return Break(str(path), lineno + 1, "truncated line (no newline at the end)")
-                    return None
+                    if not data:
+                        return None
+                    if index == len(self.files) - 1:
+                        self.result.torn = f"{path}:{lineno + 1}"
+                        return None
+                    return Break(str(path), lineno + 1, "truncated line (no newline at the end)")
                 end = data.rfind(b"\n") + 1
                 carry = data[end:]
                 brk = self._chunk(index, path, data, end, lineno, offset)

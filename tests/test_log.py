@@ -271,20 +271,42 @@ def test_a_deleted_seal_and_a_missing_file_are_breaks(sealed_log):
     assert result.broken.file == str(sealed_log[2])
 
 
-def test_truncation(sealed_log):
-    last = [f for f in sealed_log if f.stat().st_size][-1]
-    data = last.read_bytes()
-    last.write_bytes(data[:-10])  # mid-line
+def test_a_torn_last_line_is_reported_as_torn_but_a_torn_older_file_is_a_break(sealed_log):
+    newest = sealed_log[-1]
+    with open(newest, "ab") as f:  # two whole lines after the last seal, then a torn one
+        f.write(msgspec.json.encode(rec(41)) + b"\n" + msgspec.json.encode(rec(42)) + b"\n")
+        f.write(msgspec.json.encode(rec(43))[:-10])
+    lines = newest.read_bytes().count(b"\n")
+    result = verify(sealed_log)
+    assert result.ok, result.broken
+    assert result.unsealed == 2 and result.torn == f"{newest}:{lines + 1}"
+    # the torn part is not a line: it is not counted, and its seq is not checked
+    whole = verify(sealed_log[:-1]).lines + lines - newest.read_bytes().count(b'{"seal"')
+    assert result.lines == whole
+    # a rotated file ends with a seal, so a torn line in one is a break
+    older = sealed_log[1]
+    older_data = older.read_bytes()
+    older.write_bytes(older_data[:-10])
     result = verify(sealed_log)
     assert result.broken is not None and "truncated" in result.broken.reason
-    assert result.broken.file == str(last)
-    # truncating a rotated file at a line boundary breaks the chain into the next file
-    mid = sealed_log[0]
-    lines = lines_of(mid)
-    mid.write_bytes(b"".join(lines[:-3]))
-    last.write_bytes(data)
-    result = verify(sealed_log)
-    assert result.broken is not None
+    assert result.broken.file == str(older) and result.torn is None
+    # and so is a rotated file cut at a line boundary: the chain breaks into the next file
+    older.write_bytes(b"".join(lines_of(older)[:-3]))
+    assert verify(sealed_log).broken is not None
+
+
+def test_a_torn_final_seal_leaves_its_lines_unsealed_not_broken(tmp_path):
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=5, fsync=False) as log:
+        write_many(log, 0, [7])  # a seal after 5 lines, the final seal over 2
+    data = path.read_bytes()
+    final = data.rindex(b'{"seal"')
+    assert data[final:].startswith(b'{"seal":2,"lines":2,')
+    path.write_bytes(data[: final + 20])
+    result = verify([path])
+    assert result.ok and result.seals == 1 and result.lines == 7
+    assert result.unsealed == 2 and result.unsealed_from == f"{path}:7"
+    assert result.torn == f"{path}:9"
 
 
 def test_unsealed_tail_is_reported_not_broken(sealed_log):

@@ -111,6 +111,44 @@ def test_a_line_that_is_not_a_record_is_named(tmp_path):
         aggregate(log_files(path), ["action"])
 
 
+@pytest.mark.parametrize("tear", ["decision", "seal", "whole record, no newline"])
+def test_a_torn_last_line_is_left_out_by_both_paths_and_named(tmp_path, tear):
+    """A kill mid-write leaves the last line without its newline; both paths leave it
+    out, count the rest alike, and name it to ``on_torn``."""
+    rng = random.Random(7)
+    path = tmp_path / "d.jsonl"
+    write_log(path, rng, 400)
+    files = log_files(path)
+    matcher = Matcher(compile_policy(parse_config(random_policy_text(rng))))
+    whole_counts = count_by(record_rows(records(files)), ["action", "mke"])
+    whole_replay = replay_counts(files, matcher)
+    newest = [f for f in files if f.stat().st_size][-1]  # the base file may be empty
+    data = newest.read_bytes()
+    line = msgspec_line(random_record(rng, 401)) if tear != "seal" else b""
+    if tear == "decision":
+        torn = line[: len(line) // 2]
+    elif tear == "seal":
+        data, torn = data[: data.rindex(b'{"seal"')], data[data.rindex(b'{"seal"') :][:30]
+    else:
+        torn = line[:-1]
+    newest.write_bytes(data + torn)
+    where = (newest, data.count(b"\n") + 1)
+    told: list[tuple[Path, int]] = []
+    fast = count_by(weighted_rows(files, ["action", "mke"], None, None, lambda *a: told.append(a)), ["action", "mke"])
+    plain = count_by(record_rows(records(files, lambda *a: told.append(a))), ["action", "mke"])
+    assert fast == plain == whole_counts
+    assert replay_counts(files, matcher, on_torn=lambda *a: told.append(a)) == whole_replay
+    assert told == [where] * 3
+    # without a callback the line is still left out
+    assert replay_counts(files, matcher) == whole_replay
+
+
+def msgspec_line(r: LogRecord) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(r) + b"\n"
+
+
 def test_scanner_reads_what_the_writer_writes_without_fallback(tmp_path):
     """The fast path really is taken for the writer's own lines."""
     path = tmp_path / "d.jsonl"
