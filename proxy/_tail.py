@@ -4,7 +4,8 @@ The last lines are found by reading the files backwards from the newest, so a lo
 log costs nothing to open.  Following polls the base path: when the file is renamed
 away (rotation, by stategate or by logrotate) the rest of the old file is drained and
 the new one read from its start; when it shrinks (truncation) it is read again from
-its start.
+its start, unless all that went was a partial last line, which a restarted proxy cuts
+off before it writes on.
 """
 
 from __future__ import annotations
@@ -153,6 +154,14 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
 
     def drain(fh: IO[bytes]) -> None:
         nonlocal partial
+        if partial:
+            # A proxy restarted after a kill cuts a torn last line off and writes on
+            # from there: if the partial line's bytes changed, read from its start.
+            start = fh.tell() - len(partial)
+            fh.seek(start)
+            if fh.read(len(partial)) != partial:
+                fh.seek(start)
+                partial = b""
         data = fh.read()
         if not data:
             return
@@ -186,8 +195,8 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
             partial = b""
             f, inode = open_base()
             continue
-        if f is not None and st is not None and st.st_size < f.tell():
-            f.seek(0)  # truncated in place
+        if f is not None and st is not None and st.st_size < f.tell() - len(partial):
+            f.seek(0)  # truncated in place (shorter than a cut partial line: see drain)
             partial = b""
             continue
         time.sleep(POLL)

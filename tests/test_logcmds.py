@@ -492,17 +492,21 @@ def test_tail_follows_through_truncation_and_rotation_in_process(tmp_path):
     assert seen == list(range(1, 10))
 
 
-def test_tail_follow_started_mid_write_prints_that_line_once_whole(tmp_path):
-    """A follower that starts while a line is half written starts at that line, not
-    after it, so the line's second half is not read as a line of its own."""
+@pytest.mark.parametrize("cut", ["written on at once", "cut seen first", "the line finished"])
+def test_tail_follow_through_a_torn_line_cut_by_a_restart(tmp_path, cut):
+    """A follower started while a line is half written starts at that line. When the
+    line is finished it is printed once. When a proxy restarted after a kill cuts the
+    torn line off and writes on, the follower reads on from the cut, whether or not
+    it saw the file shrink, instead of joining the torn part to the new lines."""
     import threading
 
     from proxy._query import Query
     from proxy._tail import Printer, follow
 
     path = tmp_path / "d.jsonl"
-    lines = [msgspec.json.encode(record(s)) + b"\n" for s in (1, 2, 3)]
-    path.write_bytes(lines[0] + lines[1] + lines[2][:25])
+    lines = [msgspec.json.encode(record(s, atn="SA DOE" * s)) + b"\n" for s in (1, 2, 3, 4)]
+    torn = lines[1][:-20]
+    path.write_bytes(lines[0] + torn)
     seen: list[int] = []
 
     class Out:
@@ -520,13 +524,23 @@ def test_tail_follow_started_mid_write_prints_that_line_once_whole(tmp_path):
     t = threading.Thread(target=follow, args=(path,), kwargs=dict(printer=printer, stop=stop.is_set))
     t.start()
     try:
-        time.sleep(0.3)
-        with open(path, "ab") as f:
-            f.write(lines[2][25:])
+        time.sleep(0.5)  # the follower has read the partial line
+        if cut == "the line finished":
+            with open(path, "ab") as f:
+                f.write(lines[1][len(torn) :] + lines[2])
+            expected = [2, 3]
+        else:
+            os.truncate(path, len(lines[0]))
+            if cut == "cut seen first":
+                time.sleep(0.5)
+            with open(path, "ab") as f:
+                f.write(lines[2] + lines[3])
+            expected = [3, 4]
         deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:
+        while len(seen) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
+        time.sleep(0.3)  # nothing more comes
     finally:
         stop.set()
         t.join(timeout=5)
-    assert seen == [3] and not t.is_alive()
+    assert seen == expected and not t.is_alive()
