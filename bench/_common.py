@@ -41,6 +41,14 @@ def idle_polling() -> str | None:
     return f"idle CPUs poll {int(ns) / 1000:g} us before halting (haltpoll guest_halt_poll_ns {ns})"
 
 
+def print_machine(latency: bool) -> None:
+    """The machine line, and where latency is measured, the idle CPUs' polling under
+    it (idle_polling), which such a figure is read with."""
+    print(machine(), flush=True)
+    if latency and (polling := idle_polling()) is not None:
+        print(polling, flush=True)
+
+
 def cpu_jiffies() -> dict[str, int]:
     """The machine's CPU time so far by kind, all CPUs (/proc/stat's first line), in
     clock ticks; empty where there is no /proc/stat."""

@@ -65,7 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
-from _common import idle_polling, machine, order_balanced  # noqa: E402
+from _common import order_balanced, print_machine  # noqa: E402
 from proxy._pipeline import RECEIVE_SIZE  # noqa: E402
 
 #: What one round measures of a tree, and whether more is better.
@@ -234,9 +234,7 @@ def main() -> int:
         if not list((tree / "proxy").glob("_fastmatch*.so")):
             ap.error(f"{tree} has no built extensions: run with --build first")
 
-    print(machine(), flush=True)
-    if not args.decide and (polling := idle_polling()) is not None:
-        print(polling, flush=True)  # the proxy's latency depends on it (_common.idle_polling)
+    print_machine(latency=not args.decide)
     results: list[list[dict[str, float]]] = [[] for _ in trees]  # by index: a tree may come twice
 
     def run_rounds(measure_one: Callable[[Path], dict[str, float]]) -> None:

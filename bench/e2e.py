@@ -64,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_jiffies, idle_polling, machine, steal_share  # noqa: E402
+from _common import cpu_jiffies, print_machine, steal_share  # noqa: E402
 
 from proxy._framing import frame  # noqa: E402
 
@@ -517,9 +517,7 @@ def load(args: argparse.Namespace, port: int, **kw: object) -> dict:
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    print(machine(), flush=True)
-    if (polling := idle_polling()) is not None:
-        print(polling, flush=True)
+    print_machine(latency=True)
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import idle_polling, machine  # noqa: E402
+from _common import print_machine  # noqa: E402
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
                 log.close()
                 path.unlink()
                 os.sync()  # this run's writeback done before the next run's clock starts
-    print(machine())
+    print_machine(latency=False)
     _report(results)
 
 
@@ -143,9 +143,7 @@ def proxy_runs(args: argparse.Namespace) -> None:
                 p.terminate()
             for p in procs:
                 p.wait(timeout=15)
-    print(machine())
-    if (polling := idle_polling()) is not None:
-        print(polling)
+    print_machine(latency=True)
     print(f"through the proxy (stategate run), {load_args.connections} connections, "
           f"{args.seconds:g} s of sending a run, {args.runs} rounds:")
     _report(results)
