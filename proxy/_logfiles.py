@@ -18,7 +18,8 @@ import msgspec
 SEAL_PREFIX = b'{"seal":'
 ZERO_HASH = "0" * 64
 
-#: Told of a torn last line, a write cut short by a kill or a crash: (file, line number).
+#: Told of a last line without its newline (a write cut short by a kill or a crash, or
+#: one still under way), which readers leave out: (file, line number).
 TornLine = Callable[[Path, int], None]
 
 

@@ -32,7 +32,10 @@ def decode_record(path: Path, lineno: int, line: bytes) -> LogRecord:
     try:
         return _record.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        where = f"{path}:{lineno}" if lineno > 0 else f"{path}, line {-lineno} from the end" if lineno else str(path)
+        if lineno > 0:
+            where = f"{path}:{lineno}"
+        else:
+            where = f"{path}, line {-lineno} from the end" if lineno else str(path)
         raise BadLogLine(f"{where}: not a decision record ({exc})") from None
 
 
