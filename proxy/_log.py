@@ -420,6 +420,12 @@ class DecisionLog:
                 if p == self.path:
                     os.ftruncate(self._fd, self._size - (len(data) - cut))
                     self._size -= len(data) - cut
+                else:  # rotated away (logrotate) before this start: cut there too
+                    try:
+                        os.truncate(p, (offset if i == 0 and where is not None else 0) + cut)
+                    except OSError as exc:
+                        self.warn(f"{p}: cannot cut the partial last line off ({exc.strerror}); "
+                                  "verify will report it as a break")  # fmt: skip
                 data = data[:cut]
             if data:
                 lines = [ln for ln in data.split(b"\n")[:-1] if not ln.startswith(SEAL_PREFIX)]

@@ -147,6 +147,32 @@ def test_restart_after_a_crash_seals_the_lines_left_unsealed(tmp_path):
     assert independent_check([path]) == (2, 9)
 
 
+def test_a_torn_line_rotated_away_before_the_restart_is_cut_there(tmp_path):
+    """Killed mid-write, then rotated by logrotate before the next start: the torn
+    line sits at the end of a rotated file. The restart cuts it off there too, so the
+    log verifies, as it does when the torn line is in the base file."""
+    path = tmp_path / "d.jsonl"
+    with DecisionLog(path, seal_every=4, fsync=False) as log:
+        write_many(log, 0, [5])  # a seal after 4, the final seal over 1
+    crashed = DecisionLog(path, seal_every=100, fsync=False)
+    write_many(crashed, 5, [3])  # no close: as if killed
+    os.close(crashed._fd)
+    with open(path, "ab") as f:
+        f.write(b'{"ts":"2026-11-22T10:00')
+    path.rename(tmp_path / "d.jsonl.1")  # logrotate, no proxy to reopen
+    assert verify(log_files(path)).torn == f"{tmp_path / 'd.jsonl.1'}:11"  # the newest file, so far
+    warnings: list[str] = []
+    with DecisionLog(path, seal_every=100, fsync=False, warn=warnings.append) as log:
+        assert log.last_seq == 8
+        write_many(log, 8, [2])
+    assert any("partial last line" in w for w in warnings)
+    assert (tmp_path / "d.jsonl.1").read_bytes().endswith(b"\n")
+    files = log_files(path)
+    assert independent_check(files) == (4, 10)
+    result = verify(files)
+    assert result.ok and result.torn is None and result.unsealed == 0
+
+
 def test_a_failed_write_keeps_nothing_and_the_chain_intact(tmp_path):
     full = tmp_path / "full.jsonl"
     full.symlink_to("/dev/full")
