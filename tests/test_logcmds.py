@@ -437,59 +437,69 @@ async def test_rotation_under_concurrent_load_loses_no_line(tmp_path):
     assert cli("verify", str(log_path)).returncode == 0
 
 
+class Following:
+    """follow() on a path in a thread, as `tail -f --json` runs it: ``seen`` holds the
+    seq of each line it prints.  A context manager: stops it and waits for it."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        from proxy._query import Query
+        from proxy._tail import Printer, follow
+
+        self.seen: list[int] = []
+        self._stop = threading.Event()
+        printer = Printer(Query(), as_json=True, seals=False, out=self)
+        self._thread = threading.Thread(target=follow, args=(path,), kwargs=dict(printer=printer, stop=self._stop.is_set))
+
+    def write(self, text: str) -> None:  # the printer's output stream
+        self.seen.extend(json.loads(line)["seq"] for line in text.splitlines())
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def wait_for(self, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.seen) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __enter__(self) -> Following:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        assert not self._thread.is_alive()
+
+
 def test_tail_follows_through_truncation_and_rotation_in_process(tmp_path):
     """follow() itself, driven step by step: appended lines, a truncation in place,
     a rotation by rename, and several rotations between two polls."""
-    import threading
-
-    from proxy._query import Query
-    from proxy._tail import Printer, follow
-
     path = tmp_path / "d.jsonl"
     log = DecisionLog(path, seal_every=3, rotate_bytes=10**9, fsync=False)
-    seen: list[int] = []
-
-    class Out:
-        def write(self, text: str) -> None:
-            for line in text.splitlines():
-                seen.append(json.loads(line)["seq"])
-
-        def flush(self) -> None:
-            pass
-
-        def isatty(self) -> bool:
-            return False
-
-    printer = Printer(Query(), as_json=True, seals=False, out=Out())
-    stop = threading.Event()
-    t = threading.Thread(target=follow, args=(path,), kwargs=dict(printer=printer, stop=stop.is_set))
-    t.start()
-
-    def wait_for(n: int) -> None:
-        deadline = time.monotonic() + 10
-        while len(seen) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     try:
-        time.sleep(0.3)
-        log.write([record(1), record(2)])
-        wait_for(2)
-        # truncated in place (copytruncate style), then written again from the start
-        os.truncate(path, 0)
-        log._size = 0
-        time.sleep(0.5)
-        log.write([record(3)])
-        wait_for(3)
-        # several in-process rotations before the follower polls again
-        log.rotate_bytes = 400
-        for s in range(4, 10):
-            log.write([record(s)])
-        wait_for(9)
+        with Following(path) as follower:
+            time.sleep(0.3)
+            log.write([record(1), record(2)])
+            follower.wait_for(2)
+            # truncated in place (copytruncate style), then written again from the start
+            os.truncate(path, 0)
+            log._size = 0
+            time.sleep(0.5)
+            log.write([record(3)])
+            follower.wait_for(3)
+            # several in-process rotations before the follower polls again
+            log.rotate_bytes = 400
+            for s in range(4, 10):
+                log.write([record(s)])
+            follower.wait_for(9)
     finally:
-        stop.set()
-        t.join(timeout=5)
         log.close()
-    assert seen == list(range(1, 10))
+    assert follower.seen == list(range(1, 10))
 
 
 @pytest.mark.parametrize("cut", ["written on at once", "cut seen first", "the line finished"])
@@ -498,32 +508,11 @@ def test_tail_follow_through_a_torn_line_cut_by_a_restart(tmp_path, cut):
     line is finished it is printed once. When a proxy restarted after a kill cuts the
     torn line off and writes on, the follower reads on from the cut, whether or not
     it saw the file shrink, instead of joining the torn part to the new lines."""
-    import threading
-
-    from proxy._query import Query
-    from proxy._tail import Printer, follow
-
     path = tmp_path / "d.jsonl"
     lines = [msgspec.json.encode(record(s, atn="SA DOE" * s)) + b"\n" for s in (1, 2, 3, 4)]
     torn = lines[1][:-20]
     path.write_bytes(lines[0] + torn)
-    seen: list[int] = []
-
-    class Out:
-        def write(self, text: str) -> None:
-            seen.extend(json.loads(line)["seq"] for line in text.splitlines())
-
-        def flush(self) -> None:
-            pass
-
-        def isatty(self) -> bool:
-            return False
-
-    stop = threading.Event()
-    printer = Printer(Query(), as_json=True, seals=False, out=Out())
-    t = threading.Thread(target=follow, args=(path,), kwargs=dict(printer=printer, stop=stop.is_set))
-    t.start()
-    try:
+    with Following(path) as follower:
         time.sleep(0.5)  # the follower has read the partial line
         if cut == "the line finished":
             with open(path, "ab") as f:
@@ -536,11 +525,6 @@ def test_tail_follow_through_a_torn_line_cut_by_a_restart(tmp_path, cut):
             with open(path, "ab") as f:
                 f.write(lines[2] + lines[3])
             expected = [3, 4]
-        deadline = time.monotonic() + 10
-        while len(seen) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        follower.wait_for(2)
         time.sleep(0.3)  # nothing more comes
-    finally:
-        stop.set()
-        t.join(timeout=5)
-    assert seen == expected and not t.is_alive()
+    assert follower.seen == expected
