@@ -59,37 +59,44 @@ def format_seal(line: bytes, colour: bool) -> str:
     return f"{DIM}{text}{RESET}" if colour else text
 
 
+def _after_last_newline(f: IO[bytes]) -> None:
+    """Put ``f`` just after its last newline (at its start if it has none)."""
+    pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+        size = min(BLOCK, pos)
+        pos -= size
+        f.seek(pos)
+        i = f.read(size).rfind(b"\n")
+        if i >= 0:
+            f.seek(pos + i + 1)
+            return
+    f.seek(0)
+
+
 def _backwards(path: Path, on_torn: TornLine | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number counted from the end as a negative index, line), last line first.
     A last line without its newline, torn by a write cut short, is left out, and
     ``on_torn(file, line number)`` told of it."""
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        pos = size_at_end = f.tell()
+        size = f.seek(0, os.SEEK_END)
+        _after_last_newline(f)
+        pos = f.tell()  # the end of the last whole line
+        if pos < size and on_torn is not None:
+            on_torn(path, line_number_at(path, pos))
         rest = b""
         index = 0
-        first = True
         while pos > 0:
-            size = min(BLOCK, pos)
-            pos -= size
+            block = min(BLOCK, pos)
+            pos -= block
             f.seek(pos)
-            data = f.read(size) + rest
+            data = f.read(block) + rest
             lines = data.split(b"\n")
             rest = lines[0]
-            if first and len(lines) > 1:
-                first = False
-                torn = lines.pop()
-                if torn and on_torn is not None:
-                    on_torn(path, line_number_at(path, size_at_end - len(torn)))
             for line in reversed(lines[1:]):
                 if line:
                     index -= 1
                     yield index, line
         if rest:
-            if first:  # the file is one line, without its newline: torn
-                if on_torn is not None:
-                    on_torn(path, 1)
-                return
             yield index - 1, rest
 
 
@@ -202,20 +209,6 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
         time.sleep(POLL)
     if f is not None:
         f.close()
-
-
-def _after_last_newline(f: IO[bytes]) -> None:
-    """Put ``f`` just after its last newline (at its start if it has none)."""
-    pos = f.seek(0, os.SEEK_END)
-    while pos > 0:
-        size = min(BLOCK, pos)
-        pos -= size
-        f.seek(pos)
-        i = f.read(size).rfind(b"\n")
-        if i >= 0:
-            f.seek(pos + i + 1)
-            return
-    f.seek(0)
 
 
 def _inode(p: Path) -> int | None:
