@@ -5,7 +5,9 @@ log costs nothing to open.  Following polls the base path: when the file is rena
 away (rotation, by stategate or by logrotate) the rest of the old file is drained and
 the new one read from its start; when it shrinks (truncation) it is read again from
 its start, unless all that went was a partial last line, which a restarted proxy cuts
-off before it writes on.
+off before it writes on; and when the last line it read is no longer
+where it read it (truncated and written past that point between two polls), it is read
+again from its start too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ._types import LogRecord
 
 BLOCK = 1 << 20
 POLL = 0.2
+HEAD = 256  # bytes of the last whole line read that tell a rewritten file from an appended one
 
 RED, YELLOW, DIM, RESET = "\033[31m", "\033[33m", "\033[2m", "\033[0m"
 
@@ -71,6 +74,18 @@ def _after_last_newline(f: IO[bytes]) -> None:
             f.seek(pos + i + 1)
             return
     f.seek(0)
+
+
+def _last_line_head(f: IO[bytes]) -> tuple[int, bytes]:
+    """Where the last line before ``f``'s position starts, and its first ``HEAD``
+    bytes (of a line longer than 4 KiB, its last 4 KiB's); keeps the position."""
+    end = f.tell()
+    begin = max(0, end - 4096)
+    f.seek(begin)
+    block = f.read(end - begin)
+    i = block.rfind(b"\n", 0, len(block) - 1) + 1
+    f.seek(end)
+    return begin + i, block[i : i + HEAD]
 
 
 def _backwards(path: Path, on_torn: TornLine | None = None) -> Iterator[tuple[int, bytes]]:
@@ -155,26 +170,39 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
         return f, os.fstat(f.fileno()).st_ino
 
     f, inode = open_base()
+    partial = b""  # the last line read, not yet whole
+    # Where the last whole line read starts, and its first bytes (its time, id and seq):
+    # if they change, the file was rewritten, not appended to.
+    last_at, last_head = 0, b""
     if f is not None:
         _after_last_newline(f)  # a line being written is printed once it is whole
-    partial = b""
+        last_at, last_head = _last_line_head(f)
 
     def drain(fh: IO[bytes]) -> None:
-        nonlocal partial
+        nonlocal partial, last_at, last_head
+        start = fh.tell() - len(partial)
+        if last_head:
+            # Truncated in place and written past where we were between two polls
+            # (logrotate's copytruncate on a busy log): the last line read is gone.
+            fh.seek(last_at)
+            if fh.read(len(last_head)) != last_head:
+                partial, last_head, start = b"", b"", 0
         if partial:
             # A proxy restarted after a kill cuts a torn last line off and writes on
             # from there: if the partial line's bytes changed, read from its start.
-            start = fh.tell() - len(partial)
             fh.seek(start)
             if fh.read(len(partial)) != partial:
-                fh.seek(start)
                 partial = b""
+        fh.seek(start + len(partial))
         data = fh.read()
         if not data:
             return
         data = partial + data
         lines = data.split(b"\n")
         partial = lines.pop()
+        if lines:
+            at = len(data) - len(partial) - len(lines[-1]) - 1
+            last_at, last_head = start + at, data[at : at + HEAD]
         for line in lines:
             if line and printer.accept(line, base):
                 printer.emit(line, base)
@@ -196,15 +224,15 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
                 inodes = [_inode(p) for p in rotated]
                 if inode in inodes:
                     for p in rotated[inodes.index(inode) + 1 :]:
-                        partial = b""
+                        partial, last_head = b"", b""
                         with open(p, "rb") as fh:
                             drain(fh)
-            partial = b""
+            partial, last_head = b"", b""
             f, inode = open_base()
             continue
         if f is not None and st is not None and st.st_size < f.tell() - len(partial):
             f.seek(0)  # truncated in place (shorter than a cut partial line: see drain)
-            partial = b""
+            partial, last_head = b"", b""
             continue
         time.sleep(POLL)
     if f is not None:

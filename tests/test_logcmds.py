@@ -502,6 +502,28 @@ def test_tail_follows_through_truncation_and_rotation_in_process(tmp_path):
     assert follower.seen == list(range(1, 10))
 
 
+def test_tail_follow_through_a_truncation_written_past_between_polls(tmp_path):
+    """A log truncated in place and written past where the follower had read before it
+    polls again (logrotate's copytruncate on a busy log) does not look shorter: the
+    follower tells it by the bytes it had read last, and reads the new lines from the
+    start instead of from the middle of one."""
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, seal_every=1000, rotate_bytes=10**9, fsync=False)
+    try:
+        with Following(path) as follower:
+            time.sleep(0.3)
+            log.write([record(1), record(2)])
+            follower.wait_for(2)
+            os.truncate(path, 0)
+            log._size = 0
+            log.write([record(s) for s in range(3, 7)])  # past the old end at once
+            follower.wait_for(6)
+            time.sleep(0.3)  # nothing more comes
+    finally:
+        log.close()
+    assert follower.seen == list(range(1, 7))
+
+
 @pytest.mark.parametrize("cut", ["written on at once", "cut seen first", "the line finished"])
 def test_tail_follow_through_a_torn_line_cut_by_a_restart(tmp_path, cut):
     """A follower started while a line is half written starts at that line. When the
