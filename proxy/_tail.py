@@ -78,7 +78,8 @@ def _after_last_newline(f: IO[bytes]) -> None:
 
 def _last_line_head(f: IO[bytes]) -> tuple[int, bytes]:
     """Where the last line before ``f``'s position starts, and its first ``HEAD``
-    bytes (of a line longer than 4 KiB, its last 4 KiB's); keeps the position."""
+    bytes (of a line longer than 4 KiB, where its last 4 KiB start); keeps the
+    position."""
     end = f.tell()
     begin = max(0, end - 4096)
     f.seek(begin)
