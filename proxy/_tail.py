@@ -3,11 +3,11 @@
 The last lines are found by reading the files backwards from the newest, so a long
 log costs nothing to open.  Following polls the base path: when the file is renamed
 away (rotation, by stategate or by logrotate) the rest of the old file is drained and
-the new one read from its start; when it shrinks (truncation) it is read again from
-its start, unless all that went was a partial last line, which a restarted proxy cuts
-off before it writes on; and when the last line it read is no longer
-where it read it (truncated and written past that point between two polls), it is read
-again from its start too.
+the new one read from its start.  When the last whole line it read is no longer where
+it read it, the file was truncated in place (and perhaps written past that point
+since the last poll), and it is read again from its start; when only a partial last
+line went, which a restarted proxy cuts off before it writes on, it reads on from the
+cut.
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
         nonlocal partial, last_at, last_head
         start = fh.tell() - len(partial)
         if last_head:
-            # Truncated in place and written past where we were between two polls
-            # (logrotate's copytruncate on a busy log): the last line read is gone.
+            # Truncated in place (logrotate's copytruncate), whether or not written
+            # past where we were since the last poll: the last line read is gone.
             fh.seek(last_at)
             if fh.read(len(last_head)) != last_head:
                 partial, last_head, start = b"", b"", 0
@@ -230,10 +230,6 @@ def follow(base: Path, printer: Printer, *, stop: Callable[[], bool] = lambda: F
                             drain(fh)
             partial, last_head = b"", b""
             f, inode = open_base()
-            continue
-        if f is not None and st is not None and st.st_size < f.tell() - len(partial):
-            f.seek(0)  # truncated in place (shorter than a cut partial line: see drain)
-            partial, last_head = b"", b""
             continue
         time.sleep(POLL)
     if f is not None:
