@@ -369,3 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # A file the user named, or one of its log's, that cannot be opened or read
+        # (permissions, a directory): say which, without a traceback.
+        _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))

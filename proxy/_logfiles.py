@@ -24,7 +24,8 @@ TornLine = Callable[[Path, int], None]
 
 
 class LogFileError(Exception):
-    """A log that cannot be read (missing, unreadable)."""
+    """A log that is not there (no file, no rotated files; or a directory).  A file
+    that cannot be opened or read raises OSError, which the CLI reports."""
 
 
 class _SeqOnly(msgspec.Struct):
@@ -79,6 +80,8 @@ def log_files(base: str | Path) -> list[Path]:
     if base.is_file():
         files.append(base)
     if not files:
+        if base.is_dir():
+            raise LogFileError(f"{base}: a directory, not a log: give the log file's path")
         raise LogFileError(f"{base}: no such log (neither the file nor rotated files exist)")
     return files
 
@@ -106,11 +109,7 @@ def iter_lines(files: list[Path], on_torn: TornLine | None = None
     line without its newline, torn by a write cut short, is left out, and
     ``on_torn(file, line number)`` told of it."""
     for path in files:
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise LogFileError(f"{path}: cannot read: {exc.strerror}") from None
-        with f:
+        with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):
                     if on_torn is not None:

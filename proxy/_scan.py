@@ -35,11 +35,7 @@ def _chunks(files: list[Path], on_torn: TornLine | None = None) -> Iterator[tupl
     message was never forwarded): it is left out, and ``on_torn(file, line number)``
     told of it."""
     for path in files:
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise BadLogLine(f"{path}: cannot read: {exc.strerror}") from None
-        with f:
+        with open(path, "rb") as f:
             offset = 0
             carry = b""
             while True:

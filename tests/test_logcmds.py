@@ -223,6 +223,37 @@ def test_bad_input_gives_a_clear_error(tmp_path, known_log):
     assert result.returncode != 0 and b"cannot read time" in result.stderr
 
 
+def test_a_log_that_cannot_be_read_gives_a_clear_error(tmp_path, known_log, monkeypatch, capsys):
+    """A directory given as the log, and a log file the user may not read (the log
+    belongs to the proxy's account, an operator tails it as themselves): every log
+    command says which path and why, with no traceback."""
+    for command in (["stats"], ["verify"], ["tail"], ["tail", "-f"]):
+        result = cli(*command, str(tmp_path), timeout=20)
+        assert result.returncode != 0 and b"Traceback" not in result.stderr
+        assert f"stategate: {tmp_path}: ".encode() in result.stderr
+        assert b"a directory" in result.stderr or b"Is a directory" in result.stderr
+
+    from proxy import _cli
+    import builtins
+
+    real_open = builtins.open
+    newest = str(log_files(known_log)[-1])
+
+    def denying_open(file, *args, **kwargs):
+        if str(file) == newest:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    replay = ["replay", "-c", str(tmp_path / "p.toml")]
+    (tmp_path / "p.toml").write_text(policy_text())
+    for command in (["stats"], ["verify"], ["tail"], ["tail", "-f"], replay):
+        with pytest.raises(SystemExit) as exit_:
+            _cli.main([*command, str(known_log)])
+        assert exit_.value.code == 2
+        assert f"stategate: {newest}: " in capsys.readouterr().err
+
+
 def test_verify_command_exit_codes(known_log):
     result = cli("verify", str(known_log))
     assert result.returncode == 0 and result.stdout.startswith(b"OK: 136 lines")
