@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         trio.run(serve, config, args.config, restrict_keyboard_interrupt_to_checkpoints=True)
     except OSError as exc:
-        raise UserError(f"cannot start: {exc.strerror or exc}") from None
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise UserError(f"cannot start: {where}{exc.strerror or exc}") from None
     return 0
 
 

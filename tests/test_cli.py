@@ -143,6 +143,22 @@ def test_run_without_upstream_is_a_clear_error(tmp_path):
     assert b"proxy.upstream" in result.stderr and b"Traceback" not in result.stderr
 
 
+def test_run_with_a_log_path_it_cannot_make_names_the_path(tmp_path):
+    """The log's directory cannot be made (here a file stands where it would go; for
+    an operator, more often a directory the proxy's account may not write): the
+    error names the path, with no traceback."""
+    (tmp_path / "taken").write_text("")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{free_port()}"\nupstream = "127.0.0.1:{free_port()}"\n'
+        f'[log]\npath = "{tmp_path / "taken" / "decisions.jsonl"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n' + policy_text()
+    )
+    result = run("run", "-c", str(config), timeout=30)
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert f"stategate: cannot start: {tmp_path / 'taken'}: ".encode() in result.stderr
+
+
 def test_demo_runs_and_summarizes(tmp_path):
     result = run("demo", "--messages", "400", "--log", str(tmp_path / "demo.jsonl"), timeout=120)
     assert result.returncode == 0, result.stderr
