@@ -97,7 +97,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.config}: `proxy.upstream` is required to run")
     try:
         trio.run(serve, config, args.config, restrict_keyboard_interrupt_to_checkpoints=True)
-    except OSError as exc:
+    except (OSError, BaseExceptionGroup) as exc:
+        # What stopped it starting (a listen address in use, a log directory it may
+        # not make), out of the exception groups trio's nurseries wrap it in.
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if not isinstance(exc, OSError):
+            raise
         where = f"{exc.filename}: " if exc.filename else ""
         raise UserError(f"cannot start: {where}{exc.strerror or exc}") from None
     return 0

@@ -124,8 +124,8 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
     return head.encode() + body
 
 
-async def serve_admin(proxy: Proxy, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+async def serve_admin(proxy: Proxy, listeners: list[trio.SocketListener], *,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
     proxy.admin_port = listeners[0].socket.getsockname()[1]
     task_status.started(proxy.admin_port)
 

@@ -40,6 +40,21 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class CannotListen(OSError):
+    """A listen address that cannot be bound: in use, not one of this host's, a port
+    the account may not take.  Its ``filename`` is the address, so the CLI reports
+    ``cannot start: ADDRESS: reason``."""
+
+
+async def open_listeners(address: str) -> list[trio.SocketListener]:
+    """Listen on ``address`` (``host:port``); CannotListen naming it if that fails."""
+    host, port = split_hostport(address)
+    try:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        raise CannotListen(exc.errno, exc.strerror or str(exc), address) from None
+
+
 def _warn(message: str) -> None:
     print(f"stategate: {message}", file=sys.stderr, flush=True)
 
@@ -158,8 +173,7 @@ class Proxy:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT when installed)."""
-        host, port = split_hostport(self.config.proxy.listen)
-        self.listeners = await trio.open_tcp_listeners(port, host=host or None)
+        self.listeners = await open_listeners(self.config.proxy.listen)
         async with trio.open_nursery() as conns:
             try:
                 async with trio.open_nursery() as accept:
@@ -167,8 +181,7 @@ class Proxy:
                         accept.start_soon(self._accept_loop, listener, conns)
                     accept.start_soon(self._seal_ticker)
                     if self.admin:
-                        a_host, a_port = split_hostport(self.config.admin.listen)
-                        await accept.start(serve_admin, self, a_host, a_port)
+                        await accept.start(serve_admin, self, await open_listeners(self.config.admin.listen))
                     task_status.started(self)
                     await self._stop.wait()
                     accept.cancel_scope.cancel()

@@ -159,6 +159,29 @@ def test_run_with_a_log_path_it_cannot_make_names_the_path(tmp_path):
     assert f"stategate: cannot start: {tmp_path / 'taken'}: ".encode() in result.stderr
 
 
+@pytest.mark.parametrize("taken", ["proxy", "admin"])
+def test_run_on_an_address_in_use_names_it(tmp_path, taken):
+    """Another process holds the listen or the admin address: the error names that
+    address, with no traceback (trio's nurseries wrap the bind error in groups)."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    ports = {"proxy": free_port(), "admin": free_port()}
+    ports[taken] = holder.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nupstream = "127.0.0.1:{free_port()}"\n'
+        f'[log]\npath = "{tmp_path / "log" / "decisions.jsonl"}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{ports["admin"]}"\n' + policy_text()
+    )
+    try:
+        result = run("run", "-c", str(config), timeout=30)
+    finally:
+        holder.close()
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert f"stategate: cannot start: 127.0.0.1:{ports[taken]}: ".encode() in result.stderr
+
+
 def test_demo_runs_and_summarizes(tmp_path):
     result = run("demo", "--messages", "400", "--log", str(tmp_path / "demo.jsonl"), timeout=120)
     assert result.returncode == 0, result.stderr
