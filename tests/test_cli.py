@@ -143,41 +143,35 @@ def test_run_without_upstream_is_a_clear_error(tmp_path):
     assert b"proxy.upstream" in result.stderr and b"Traceback" not in result.stderr
 
 
+def run_proxy(tmp_path: Path, *, listen: int, admin: int, log: Path) -> subprocess.CompletedProcess:
+    """``stategate run`` on loopback ports with the test policy, until it exits."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{listen}"\nupstream = "127.0.0.1:{free_port()}"\n'
+        f'[log]\npath = "{log}"\n[admin]\nlisten = "127.0.0.1:{admin}"\n' + policy_text()
+    )
+    return run("run", "-c", str(config), timeout=30)
+
+
 def test_run_with_a_log_path_it_cannot_make_names_the_path(tmp_path):
     """The log's directory cannot be made (here a file stands where it would go; for
     an operator, more often a directory the proxy's account may not write): the
     error names the path, with no traceback."""
     (tmp_path / "taken").write_text("")
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{free_port()}"\nupstream = "127.0.0.1:{free_port()}"\n'
-        f'[log]\npath = "{tmp_path / "taken" / "decisions.jsonl"}"\n'
-        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n' + policy_text()
-    )
-    result = run("run", "-c", str(config), timeout=30)
+    result = run_proxy(tmp_path, listen=free_port(), admin=free_port(), log=tmp_path / "taken" / "d.jsonl")
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert f"stategate: cannot start: {tmp_path / 'taken'}: ".encode() in result.stderr
 
 
-@pytest.mark.parametrize("taken", ["proxy", "admin"])
+@pytest.mark.parametrize("taken", ["listen", "admin"])
 def test_run_on_an_address_in_use_names_it(tmp_path, taken):
     """Another process holds the listen or the admin address: the error names that
     address, with no traceback (trio's nurseries wrap the bind error in groups)."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    ports = {"proxy": free_port(), "admin": free_port()}
-    ports[taken] = holder.getsockname()[1]
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nupstream = "127.0.0.1:{free_port()}"\n'
-        f'[log]\npath = "{tmp_path / "log" / "decisions.jsonl"}"\n'
-        f'[admin]\nlisten = "127.0.0.1:{ports["admin"]}"\n' + policy_text()
-    )
-    try:
-        result = run("run", "-c", str(config), timeout=30)
-    finally:
-        holder.close()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        ports = {"listen": free_port(), "admin": free_port(), taken: holder.getsockname()[1]}
+        result = run_proxy(tmp_path, **ports, log=tmp_path / "log" / "d.jsonl")
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert f"stategate: cannot start: 127.0.0.1:{ports[taken]}: ".encode() in result.stderr
 

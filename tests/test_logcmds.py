@@ -3,6 +3,7 @@ and the log's promises under a real proxy: kill -9, SIGUSR1 reopen, tail -f."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import msgspec
 import pytest
 import trio
 
+from proxy._cli import main as cli_main
 from proxy._decode import decode
 from proxy._framing import frame
 from proxy._log import DecisionLog
@@ -233,9 +235,6 @@ def test_a_log_that_cannot_be_read_gives_a_clear_error(tmp_path, known_log, monk
         assert f"stategate: {tmp_path}: ".encode() in result.stderr
         assert b"a directory" in result.stderr or b"Is a directory" in result.stderr
 
-    from proxy import _cli
-    import builtins
-
     real_open = builtins.open
     newest = str(log_files(known_log)[-1])
 
@@ -249,7 +248,7 @@ def test_a_log_that_cannot_be_read_gives_a_clear_error(tmp_path, known_log, monk
     (tmp_path / "p.toml").write_text(policy_text())
     for command in (["stats"], ["verify"], ["tail"], ["tail", "-f"], replay):
         with pytest.raises(SystemExit) as exit_:
-            _cli.main([*command, str(known_log)])
+            cli_main([*command, str(known_log)])
         assert exit_.value.code == 2
         assert f"stategate: {newest}: " in capsys.readouterr().err
 
