@@ -25,6 +25,17 @@ def _fail(message: str, status: int = 2) -> NoReturn:
     raise SystemExit(status)
 
 
+def _count(text: str) -> int:
+    """An argument that counts something: a whole number, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a whole number, 0 or more)")
+    return n
+
+
 def compiled_matcher():
     """The compiled extension module; a loud error if it was not built."""
     try:
@@ -306,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a simulated state switch, the proxy with the example policy and "
         "mixed synthetic traffic on loopback, then print a summary.",
     )
-    p.add_argument("--messages", type=int, default=3000, help="queries to send (default 3000)")
+    p.add_argument("--messages", type=_count, default=3000, help="queries to send (default 3000)")
     p.add_argument("--connections", type=int, default=4, help="client connections (default 4)")
     p.add_argument("--seed", type=int, default=2026, help="traffic seed (default 2026)")
     p.add_argument("--framing", choices=("len32", "delimited"), default="len32")
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show the last N decisions, then with -f follow the log across rotation.")  # fmt: skip
     p.add_argument("log", nargs="?", metavar="LOG", help="log base path (default: from -c, else the standard path)")
     p.add_argument("-c", "--config", metavar="FILE", help="take the log path from this config")
-    p.add_argument("-n", type=int, default=10, metavar="N", help="how many lines (default 10)")
+    p.add_argument("-n", type=_count, default=10, metavar="N", help="how many lines (default 10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep following new lines")
     filters(p)
     p.add_argument("--json", action="store_true", help="raw JSON lines (for jq)")

@@ -223,6 +223,8 @@ def test_bad_input_gives_a_clear_error(tmp_path, known_log):
     assert result.returncode != 0 and b"cannot count by" in result.stderr
     result = cli("tail", str(known_log), "--since", "yesterday-ish")
     assert result.returncode != 0 and b"cannot read time" in result.stderr
+    result = cli("tail", str(known_log), "-n", "-5")
+    assert result.returncode == 2 and b"argument -n: not a count: '-5'" in result.stderr
 
 
 def test_a_log_that_cannot_be_read_gives_a_clear_error(tmp_path, known_log, monkeypatch, capsys):
